@@ -1,0 +1,57 @@
+"""`selective_scan_fn`: the checked, backend-dispatching entry point of the Mamba-1 selective scan."""
+
+from __future__ import annotations
+
+import torch
+
+from .._backend import resolve_backend
+from .._checks import check_groups, check_optional, check_tensor
+from .parallel import selective_scan_parallel
+
+
+def _check_bc(name, t, batch, n, length, dim, dev):
+    if isinstance(t, torch.Tensor) and t.dim() == 4:
+        check_tensor(name, t, "(batch, G, N, L)", (batch, None, n, length), dev)
+        check_groups(name, t.shape[1], dim, "dim")
+    else:
+        check_tensor(name, t, "(batch, N, L) or (batch, G, N, L)", (batch, n, length), dev)
+
+
+def check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias):
+    """Raise ValueError naming the first argument whose type, dtype, device or shape is wrong."""
+    if not isinstance(u, torch.Tensor):
+        raise ValueError(f"u: expected a tensor of shape (batch, dim, L), got {type(u).__name__}")
+    dev = u.device
+    check_tensor("u", u, "(batch, dim, L)", (None, None, None), dev)
+    batch, dim, length = u.shape
+    if length == 0:
+        raise ValueError("u: the sequence length L must be at least 1, got 0")
+    check_tensor("delta", delta, "(batch, dim, L)", (batch, dim, length), dev)
+    check_tensor("A", A, "(dim, N)", (dim, None), dev)
+    n = A.shape[1]
+    _check_bc("B", B, batch, n, length, dim, dev)
+    _check_bc("C", C, batch, n, length, dim, dev)
+    check_optional("D", D, "(dim,)", (dim,), dev)
+    check_optional("z", z, "(batch, dim, L)", (batch, dim, length), dev)
+    check_optional("delta_bias", delta_bias, "(dim,)", (dim,), dev)
+
+
+def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                      return_last_state=False, *, reverse=False, backend="auto"):
+    """Mamba-1 selective scan (S6), argument-compatible with mamba_ssm's `selective_scan_fn`.
+
+    u, delta, z: (batch, dim, L); A: (dim, N) real; B, C: (batch, N, L) or grouped (batch, G, N, L) with G
+    dividing dim; D, delta_bias: (dim,). delta += delta_bias, then softplus if `delta_softplus`;
+        h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t,   out_t = (<h_t, C_t> + D u_t) * silu(z_t).
+    State in float32 (float64 for float64 inputs) whatever the input dtype; out in u's dtype, (batch, dim, L).
+    `return_last_state` also returns the final state (batch, dim, N) (not differentiated through).
+    `reverse=True` scans from the last position to the first (equal to flipping inputs and output).
+    `backend`: "torch" (parallel PyTorch scan), "triton" (not built yet: a clear error), or "auto" (the
+    Triton kernel for CUDA tensors once it exists, else "torch").
+    """
+    check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias)
+    resolve_backend(backend, u, triton_available=False)
+    out = selective_scan_parallel(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, reverse)
+    if return_last_state:
+        return out[0], out[1].detach()
+    return out

@@ -1,0 +1,66 @@
+"""`mamba_chunk_scan_combined`: the checked, backend-dispatching entry point of the Mamba-2 SSD scan."""
+
+from __future__ import annotations
+
+import torch
+
+from .._backend import resolve_backend
+from .._checks import check_groups, check_optional, check_tensor
+from .chunked import mamba_chunk_scan_chunked
+
+
+def check_ssd_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_limit):
+    """Raise ValueError naming the first argument whose type, dtype, device, shape or value is wrong."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"x: expected a tensor of shape (batch, L, H, P), got {type(x).__name__}")
+    dev = x.device
+    check_tensor("x", x, "(batch, L, H, P)", (None, None, None, None), dev)
+    batch, length, heads, p = x.shape
+    if length == 0:
+        raise ValueError("x: the sequence length L must be at least 1, got 0")
+    check_tensor("dt", dt, "(batch, L, H)", (batch, length, heads), dev)
+    check_tensor("A", A, "(H,)", (heads,), dev)
+    check_tensor("B", B, "(batch, L, G, N)", (batch, length, None, None), dev)
+    check_groups("B", B.shape[2], heads, "H (x.shape[2])")
+    check_tensor("C", C, "(batch, L, G, N)", tuple(B.shape), dev)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+    if isinstance(D, torch.Tensor) and D.dim() == 2:
+        check_tensor("D", D, "(H, P)", (heads, p), dev)
+    else:
+        check_optional("D", D, "(H,) or (H, P)", (heads,), dev)
+    check_optional("z", z, "(batch, L, H, P)", (batch, length, heads, p), dev)
+    check_optional("dt_bias", dt_bias, "(H,)", (heads,), dev)
+    check_optional("initial_states", initial_states, "(batch, H, P, N)", (batch, heads, p, B.shape[3]), dev)
+    if len(dt_limit) != 2 or not 0.0 <= dt_limit[0] <= dt_limit[1]:
+        raise ValueError(f"dt_limit: expected (low, high) with 0 <= low <= high, got {dt_limit!r}")
+
+
+def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
+                              seq_idx=None, cu_seqlens=None, dt_softplus=False, dt_limit=(0.0, float("inf")),
+                              return_final_states=False, return_varlen_states=False, *, reverse=False,
+                              backend="auto"):
+    """Mamba-2 SSD scan, argument-compatible with mamba_ssm's `mamba_chunk_scan_combined`.
+
+    x, z: (batch, L, H, P); dt: (batch, L, H); A, dt_bias: (H,); B, C: (batch, L, G, N) with G dividing H;
+    D: (H,) or (H, P); initial_states: (batch, H, P, N). dt += dt_bias, softplus if `dt_softplus`, then
+    clamped to `dt_limit`;  S_t = exp(dt_t A) S_{t-1} + dt_t x_t B_t^T,  out_t = (S_t C_t + D x_t) * silu(z_t).
+    Any L (padded internally to a multiple of `chunk_size`). Out in x's dtype; state in float32.
+    `return_final_states` also returns the final state (batch, H, P, N) (not differentiated through).
+    `reverse=True` scans from the last position to the first (equal to flipping inputs and output);
+    initial_states then enter at the last position. `seq_idx`, `cu_seqlens` and `return_varlen_states`
+    (packed variable-length batches) are not supported and raise ValueError.
+    `backend`: "torch" (chunked PyTorch path), "triton" (not built yet: a clear error), or "auto".
+    """
+    for name, value in (("seq_idx", seq_idx), ("cu_seqlens", cu_seqlens)):
+        if value is not None:
+            raise ValueError(f"{name}: packed variable-length sequences are not supported; pass None")
+    if return_varlen_states:
+        raise ValueError("return_varlen_states: packed variable-length sequences are not supported; pass False")
+    check_ssd_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_limit)
+    resolve_backend(backend, x, triton_available=False)
+    out = mamba_chunk_scan_chunked(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus,
+                                   dt_limit, return_final_states, reverse)
+    if return_final_states:
+        return out[0], out[1].detach()
+    return out

@@ -1,0 +1,94 @@
+"""`MambaMixerBlock` and the `MambaMixer` stack: selective mixers joined by weighted averaging of earlier outputs."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from timm.layers import DropPath
+
+from .mixers import SelectiveChannelMixer, SelectiveTokenMixer
+
+
+def _weighted_sum(weights: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
+    """sum_i weights[i] * outputs[i]; outputs: equally shaped tensors."""
+    return torch.tensordot(weights.to(outputs[0].dtype), torch.stack(outputs), dims=1)
+
+
+class MambaMixerBlock(nn.Module):
+    """Block l (1-based) of a MambaMixer: a token mixer then a channel mixer, each pre-norm with a residual.
+
+    Its inputs are learned combinations of every earlier block's outputs (MambaMixer's weighted averaging,
+    after DenseFormer), with yToken_0 = yChannel_0 = the stack's input:
+        x_tok = sum_{i<l} alpha_i yToken_i + sum_{i<l} beta_i yChannel_i
+        yToken_l = x_tok + TokenMixer(Norm(x_tok))
+        x_ch  = sum_{i<=l} theta_i yToken_i + sum_{i<l} gamma_i yChannel_i
+        yChannel_l = x_ch + ChannelMixer(Norm(x_ch))
+    The weights start as a plain sequential stack (beta_{l-1} = theta_l = 1, the rest 0), as DenseFormer
+    starts from the ordinary residual stream, and learn from there. The mixers map (batch, L, dim) to itself.
+    """
+
+    def __init__(self, index: int, dim: int, token_mixer: nn.Module, channel_mixer: nn.Module,
+                 norm_layer=nn.LayerNorm, drop_path: float = 0.0):
+        super().__init__()
+        if index < 1:
+            raise ValueError(f"index: blocks are numbered from 1, got {index}")
+        self.index = index
+        self.token_norm, self.token_mixer = norm_layer(dim), token_mixer
+        self.channel_norm, self.channel_mixer = norm_layer(dim), channel_mixer
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.alpha = nn.Parameter(torch.zeros(index))
+        self.beta = nn.Parameter(torch.zeros(index))
+        self.theta = nn.Parameter(torch.zeros(index + 1))
+        self.gamma = nn.Parameter(torch.zeros(index))
+        with torch.no_grad():
+            self.beta[index - 1] = 1.0
+            self.theta[index] = 1.0
+        for p in (self.alpha, self.beta, self.theta, self.gamma):
+            p._no_weight_decay = True
+
+    def forward(self, tokens: list[torch.Tensor], channels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens, channels: yToken_0..yToken_{l-1} and yChannel_0..yChannel_{l-1}, each (batch, L, dim).
+
+        Returns (yToken_l, yChannel_l).
+        """
+        if len(tokens) != self.index or len(channels) != self.index:
+            raise ValueError(f"tokens, channels: block {self.index} needs {self.index} earlier outputs of each, "
+                             f"got {len(tokens)} and {len(channels)}")
+        x = _weighted_sum(self.alpha, tokens) + _weighted_sum(self.beta, channels)
+        y_token = x + self.drop_path(self.token_mixer(self.token_norm(x)))
+        x = _weighted_sum(self.theta, [*tokens, y_token]) + _weighted_sum(self.gamma, channels)
+        y_channel = x + self.drop_path(self.channel_mixer(self.channel_norm(x)))
+        return y_token, y_channel
+
+
+class MambaMixer(nn.Module):
+    """A stack of `depth` MambaMixerBlocks over sequences: (batch, num_tokens, dim) -> (batch, num_tokens, dim).
+
+    Owns the history of every block's outputs and feeds it to the next block's weighted averaging; returns
+    the last block's channel-mixer output. `token_mixer` / `channel_mixer` are keyword arguments for
+    `SelectiveTokenMixer` / `SelectiveChannelMixer`; `drop_path` rises linearly from 0 to its value.
+    """
+
+    def __init__(self, dim: int, num_tokens: int, depth: int, token_mixer: dict | None = None,
+                 channel_mixer: dict | None = None, norm_layer=nn.LayerNorm, drop_path: float = 0.0):
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"depth: expected at least 1 block, got {depth}")
+        rates = torch.linspace(0, drop_path, depth).tolist()
+        self.blocks = nn.ModuleList(
+            MambaMixerBlock(
+                index + 1, dim,
+                SelectiveTokenMixer(dim, **(token_mixer or {})),
+                SelectiveChannelMixer(num_tokens, **(channel_mixer or {})),
+                norm_layer=norm_layer, drop_path=rates[index],
+            )
+            for index in range(depth)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens, channels = [x], [x]
+        for block in self.blocks:
+            y_token, y_channel = block(tokens, channels)
+            tokens.append(y_token)
+            channels.append(y_channel)
+        return channels[-1]

@@ -1,0 +1,130 @@
+"""`SelectiveSSM`: the Mamba selective state-space mixer, one or two scan directions."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..kernels import mamba_chunk_scan_combined, selective_scan_fn
+
+
+def _inverse_softplus_dt(size: int, dt_min: float, dt_max: float, dt_init_floor: float) -> torch.Tensor:
+    """A bias b with softplus(b) = dt, dt sampled log-uniformly in [dt_min, dt_max] (Mamba's dt init)."""
+    dt = torch.exp(torch.rand(size) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = dt.clamp(min=dt_init_floor)
+    return dt + torch.log(-torch.expm1(-dt))
+
+
+class _ScanDirection(nn.Module):
+    """One scan direction: depthwise conv1d -> SiLU -> selective scan, with its own projections, A and D.
+
+    x, z: (batch, d_inner, L) -> (batch, d_inner, L), gated by silu(z) inside the scan op.
+    """
+
+    def __init__(self, d_inner, d_state, d_conv, dt_rank, ssm, headdim, ngroups, chunk_size, causal,
+                 reverse, conv_bias, dt_min, dt_max, dt_init_floor, backend):
+        super().__init__()
+        self.d_inner, self.d_state, self.d_conv = d_inner, d_state, d_conv
+        self.ssm, self.chunk_size, self.reverse, self.backend = ssm, chunk_size, reverse, backend
+        # Causal: the forward direction sees the past, the reverse direction the future.
+        # Non-causal: a centred window.
+        if causal:
+            self.padding = (0, d_conv - 1) if reverse else (d_conv - 1, 0)
+        else:
+            left = (d_conv - 1) // 2
+            self.padding = (d_conv - 1 - left, left) if reverse else (left, d_conv - 1 - left)
+        self.conv1d = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, bias=conv_bias)
+        if ssm == "s6":
+            self.dt_rank = dt_rank
+            self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
+            self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
+            std = dt_rank**-0.5
+            nn.init.uniform_(self.dt_proj.weight, -std, std)
+            with torch.no_grad():
+                self.dt_proj.bias.copy_(_inverse_softplus_dt(d_inner, dt_min, dt_max, dt_init_floor))
+            # S4D-real: A[:, n] = -(n + 1).
+            a = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)
+            self.A_log = nn.Parameter(torch.log(a))
+            self.D = nn.Parameter(torch.ones(d_inner))
+        else:
+            self.nheads, self.headdim, self.ngroups = d_inner // headdim, headdim, ngroups
+            self.x_proj = nn.Linear(d_inner, self.nheads + 2 * ngroups * d_state, bias=False)
+            self.dt_bias = nn.Parameter(_inverse_softplus_dt(self.nheads, dt_min, dt_max, dt_init_floor))
+            # Mamba-2: one scalar A per head, A = -a with a ~ U[1, 16].
+            self.A_log = nn.Parameter(torch.log(torch.empty(self.nheads).uniform_(1, 16)))
+            self.D = nn.Parameter(torch.ones(self.nheads))
+        for p in (self.A_log, self.D, self.dt_proj.bias if ssm == "s6" else self.dt_bias):
+            p._no_weight_decay = True  # as in Mamba: the SSM's own parameters are not decayed
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        batch, _, length = x.shape
+        x = F.silu(self.conv1d(F.pad(x, self.padding)))
+        params = self.x_proj(x.transpose(1, 2))  # (batch, L, *)
+        A = -torch.exp(self.A_log.float())
+        if self.ssm == "s6":
+            dt, B, C = params.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+            delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)
+            return selective_scan_fn(x, delta, A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z,
+                                     self.dt_proj.bias.float(), True, reverse=self.reverse, backend=self.backend)
+        gn = self.ngroups * self.d_state
+        dt, B, C = params.split([self.nheads, gn, gn], dim=-1)
+        heads = (batch, length, self.nheads, self.headdim)
+        y = mamba_chunk_scan_combined(
+            x.transpose(1, 2).reshape(heads), dt, A,
+            B.reshape(batch, length, self.ngroups, self.d_state), C.reshape(batch, length, self.ngroups, self.d_state),
+            self.chunk_size, D=self.D.float(), z=z.transpose(1, 2).reshape(heads), dt_bias=self.dt_bias.float(),
+            dt_softplus=True, reverse=self.reverse, backend=self.backend,
+        )
+        return y.reshape(batch, length, self.d_inner).transpose(1, 2)
+
+
+class SelectiveSSM(nn.Module):
+    """Mamba selective SSM block: (batch, L, d_model) -> (batch, L, d_model).
+
+    in_proj to x and gate z (d_model -> 2 * expand * d_model); per direction a depthwise conv1d, SiLU,
+    x_proj to (delta, B, C), delta projection and the selective scan; out_proj(sum of directions * silu(z)).
+    Initialisation as in Mamba (Gu & Dao, 2023): S4D-real A, dt log-uniform in [dt_min, dt_max] through an
+    inverse-softplus bias, D = 1.
+
+    bidirectional: a second direction scanning last-to-first with its own conv, projections, A and D; the
+        two outputs are added and gated by the same z (MambaMixer's bidirectional selective mixer).
+    causal: each direction's conv sees only its own past; False gives a centred conv window.
+    ssm: "s6" (Mamba-1, A of shape (d_inner, d_state)) or "ssd" (Mamba-2 style: scalar A per head of
+        `headdim` channels, B/C shared by `ngroups` groups, the chunked SSD op).
+    """
+
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: float = 2,
+                 dt_rank: int | str = "auto", bidirectional: bool = False, causal: bool = True, ssm: str = "s6",
+                 headdim: int = 64, ngroups: int = 1, chunk_size: int = 64, bias: bool = False,
+                 conv_bias: bool = True, dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4,
+                 backend: str = "auto"):
+        super().__init__()
+        if ssm not in ("s6", "ssd"):
+            raise ValueError(f"ssm: expected 's6' or 'ssd', got {ssm!r}")
+        d_inner = int(expand * d_model)
+        if d_model < 1 or d_inner < 1:
+            raise ValueError(f"d_model: expected a positive size (with expand={expand}), got {d_model}")
+        if ssm == "ssd":
+            headdim = min(headdim, d_inner)
+            if d_inner % headdim or (d_inner // headdim) % ngroups:
+                raise ValueError(f"headdim: must divide d_inner={d_inner} into heads divisible by ngroups={ngroups}, "
+                                 f"got headdim={headdim}")
+        self.d_model, self.d_inner, self.bidirectional = d_model, d_inner, bidirectional
+        dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=bias)
+        self.directions = nn.ModuleList(
+            _ScanDirection(d_inner, d_state, d_conv, dt_rank, ssm, headdim, ngroups, chunk_size, causal,
+                           reverse, conv_bias, dt_min, dt_max, dt_init_floor, backend)
+            for reverse in ((False, True) if bidirectional else (False,))
+        )
+        self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if hidden.dim() != 3 or hidden.shape[-1] != self.d_model:
+            raise ValueError(f"hidden: expected shape (batch, L, d_model={self.d_model}), got {tuple(hidden.shape)}")
+        x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # each (batch, d_inner, L)
+        y = sum(direction(x, z) for direction in self.directions)
+        return self.out_proj(y.transpose(1, 2))

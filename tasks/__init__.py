@@ -1,0 +1,1 @@
+"""Tasks built on the MambaMixer layers: models, data and Lightning modules per task."""

@@ -1,0 +1,72 @@
+"""Random inputs for the scan ops and the error measure the tests share."""
+
+from __future__ import annotations
+
+import torch
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref||, in float64."""
+    out, ref = out.double(), ref.double()
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+def s6_inputs(batch=2, dim=4, length=7, n=3, groups=None, full=True, seed=0):
+    """Float64 arguments of `selective_scan_fn`; `full` adds D, z, delta_bias and softplus."""
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    bc_shape = (batch, n, length) if groups is None else (batch, groups, n, length)
+    args = dict(
+        u=randn(batch, dim, length),
+        # Without softplus delta must already be positive.
+        delta=0.5 * randn(batch, dim, length) if full else 0.02 + 0.5 * torch.rand(batch, dim, length, generator=g,
+                                                                                    dtype=torch.float64),
+        A=-(0.5 + torch.rand(dim, n, generator=g, dtype=torch.float64)),
+        B=randn(*bc_shape),
+        C=randn(*bc_shape),
+    )
+    if full:
+        args.update(D=randn(dim), z=randn(batch, dim, length), delta_bias=0.5 * randn(dim), delta_softplus=True)
+    return args
+
+
+def ssd_inputs(batch=2, length=7, heads=4, headdim=3, groups=1, n=5, full=True, d_per_channel=False, seed=0):
+    """Float64 arguments of `mamba_chunk_scan_combined` (without chunk_size); `full` adds D, z, dt_bias,
+    softplus and initial states."""
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    args = dict(
+        x=randn(batch, length, heads, headdim),
+        dt=0.5 * randn(batch, length, heads) if full else 0.02 + 0.5 * torch.rand(batch, length, heads, generator=g,
+                                                                                   dtype=torch.float64),
+        A=-(0.5 + torch.rand(heads, generator=g, dtype=torch.float64)),
+        B=randn(batch, length, groups, n),
+        C=randn(batch, length, groups, n),
+    )
+    if full:
+        args.update(
+            D=randn(heads, headdim) if d_per_channel else randn(heads),
+            z=randn(batch, length, heads, headdim),
+            dt_bias=0.5 * randn(heads),
+            initial_states=randn(batch, heads, headdim, n),
+            dt_softplus=True,
+        )
+    return args
+
+
+def with_grad(args: dict) -> dict:
+    """Copies of the tensor arguments that require grad (leaves), other arguments as they are."""
+    return {k: v.detach().clone().requires_grad_(True) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+
+
+def grads(out: torch.Tensor, args: dict, seed=1) -> dict:
+    """Gradients of a random projection of `out` with respect to every tensor argument."""
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
+    tensors = {k: v for k, v in args.items() if isinstance(v, torch.Tensor)}
+    return dict(zip(tensors, torch.autograd.grad((out * w).sum(), list(tensors.values()), materialize_grads=True)))

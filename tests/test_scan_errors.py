@@ -1,0 +1,80 @@
+"""Bad arguments to the scan ops raise ValueError naming the argument and what was expected."""
+
+import pytest
+import torch
+
+from mambamixer.kernels import mamba_chunk_scan_combined, selective_scan_fn, selective_state_update, ssd_state_update
+
+from helpers import s6_inputs, ssd_inputs
+
+S6_CASES = [
+    ("u", dict(u=torch.randn(2, 4)), r"u: expected shape \(batch, dim, L\)"),
+    ("u", dict(u=torch.randn(2, 4, 0)), r"u: the sequence length L must be at least 1"),
+    ("u", dict(u=[1.0]), r"u: expected a tensor"),
+    ("delta", dict(delta=torch.randn(2, 4, 6)), r"delta: expected shape \(batch, dim, L\) = \(2, 4, 7\)"),
+    ("A", dict(A=torch.randn(3, 3)), r"A: expected shape \(dim, N\) = \(4, \?\)"),
+    ("A", dict(A=torch.randn(4, 3, dtype=torch.complex64)), r"A: expected a real floating dtype"),
+    ("B", dict(B=torch.randn(2, 2, 7)), r"B: expected shape \(batch, N, L\) or \(batch, G, N, L\) = \(2, 3, 7\)"),
+    ("B", dict(B=torch.randn(2, 3, 3, 7)), r"B: the number of groups \(3\) must divide dim \(4\)"),
+    ("C", dict(C=torch.randn(2, 3, 8)), r"C: expected shape"),
+    ("D", dict(D=torch.randn(5)), r"D: expected shape \(dim,\) = \(4\)"),
+    ("z", dict(z=torch.randn(2, 4, 8)), r"z: expected shape \(batch, dim, L\) = \(2, 4, 7\)"),
+    ("delta_bias", dict(delta_bias=torch.randn(4, 1)), r"delta_bias: expected shape \(dim,\)"),
+    ("u", dict(u=torch.randint(0, 3, (2, 4, 7))), r"u: expected a real floating dtype"),
+    ("backend", dict(backend="cuda"), r"backend: expected one of"),
+    ("backend", dict(backend="triton"), r"backend: 'triton' has no kernel"),
+]
+
+
+@pytest.mark.parametrize("name,change,message", S6_CASES, ids=[c[0] + str(i) for i, c in enumerate(S6_CASES)])
+def test_selective_scan_errors(name, change, message):
+    a = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in s6_inputs().items()}
+    with pytest.raises(ValueError, match=message):
+        selective_scan_fn(**{**a, **change})
+
+
+def test_selective_scan_device_mismatch_is_named():
+    a = s6_inputs()
+    a["D"] = a["D"].to("meta")
+    with pytest.raises(ValueError, match=r"D: expected device cpu"):
+        selective_scan_fn(**a)
+
+
+SSD_CASES = [
+    ("x", dict(x=torch.randn(2, 7, 4)), r"x: expected shape \(batch, L, H, P\)"),
+    ("dt", dict(dt=torch.randn(2, 7, 3)), r"dt: expected shape \(batch, L, H\) = \(2, 7, 4\)"),
+    ("A", dict(A=torch.randn(4, 1)), r"A: expected shape \(H,\) = \(4\)"),
+    ("B", dict(B=torch.randn(2, 7, 3, 5)), r"B: the number of groups \(3\) must divide H"),
+    ("C", dict(C=torch.randn(2, 7, 1, 4)), r"C: expected shape \(batch, L, G, N\) = \(2, 7, 1, 5\)"),
+    ("chunk_size", dict(chunk_size=0), r"chunk_size: expected a positive int"),
+    ("chunk_size", dict(chunk_size=8.0), r"chunk_size: expected a positive int"),
+    ("D", dict(D=torch.randn(4, 2)), r"D: expected shape \(H, P\) = \(4, 3\)"),
+    ("z", dict(z=torch.randn(2, 7, 4, 2)), r"z: expected shape"),
+    ("dt_bias", dict(dt_bias=torch.randn(3)), r"dt_bias: expected shape \(H,\)"),
+    ("initial_states", dict(initial_states=torch.randn(2, 4, 3, 4)), r"initial_states: expected shape"),
+    ("dt_limit", dict(dt_limit=(0.5, 0.1)), r"dt_limit: expected \(low, high\)"),
+    ("seq_idx", dict(seq_idx=torch.zeros(2, 7, dtype=torch.int32)), r"seq_idx: packed variable-length"),
+    ("backend", dict(backend="cuda"), r"backend: expected one of"),
+]
+
+
+@pytest.mark.parametrize("name,change,message", SSD_CASES, ids=[c[0] + str(i) for i, c in enumerate(SSD_CASES)])
+def test_ssd_errors(name, change, message):
+    a = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in ssd_inputs().items()}
+    with pytest.raises(ValueError, match=message):
+        mamba_chunk_scan_combined(**{**a, "chunk_size": 8, **change})
+
+
+def test_step_errors():
+    state = torch.zeros(2, 4, 3)
+    x, dt, A, B = torch.randn(2, 4), torch.randn(2, 4), -torch.rand(4, 3), torch.randn(2, 3)
+    with pytest.raises(ValueError, match=r"state: expected float32 or float64"):
+        selective_state_update(state.half(), x, dt, A, B, B)
+    with pytest.raises(ValueError, match=r"x: expected shape \(batch, dim\) = \(2, 4\)"):
+        selective_state_update(state, x[:, :3], dt, A, B, B)
+    with pytest.raises(ValueError, match=r"B: the number of groups \(3\) must divide dim"):
+        selective_state_update(state, x, dt, A, torch.randn(2, 3, 3), B)
+    ssd_state = torch.zeros(2, 4, 3, 5)
+    with pytest.raises(ValueError, match=r"dt: expected shape \(batch, H\) = \(2, 4\)"):
+        ssd_state_update(ssd_state, torch.randn(2, 4, 3), torch.randn(2, 3), -torch.rand(4), torch.randn(2, 1, 5),
+                         torch.randn(2, 1, 5))
