@@ -1,7 +1,9 @@
 """MambaMixer layers: the selective SSM, the selective token and channel mixers, blocks and stacks."""
 
+from .axis import AlongAxis
 from .block import MambaMixer, MambaMixerBlock
 from .mixers import SelectiveChannelMixer, SelectiveTokenMixer
 from .selective_ssm import SelectiveSSM
 
-__all__ = ["SelectiveSSM", "SelectiveTokenMixer", "SelectiveChannelMixer", "MambaMixerBlock", "MambaMixer"]
+__all__ = [
+    "AlongAxis","SelectiveSSM", "SelectiveTokenMixer", "SelectiveChannelMixer", "MambaMixerBlock", "MambaMixer"]

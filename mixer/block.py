@@ -46,16 +46,18 @@ class MambaMixerBlock(nn.Module):
         for p in (self.alpha, self.beta, self.theta, self.gamma):
             p._no_weight_decay = True
 
-    def forward(self, tokens: list[torch.Tensor], channels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, tokens: list[torch.Tensor], channels: list[torch.Tensor],
+                token_state=None) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens, channels: yToken_0..yToken_{l-1} and yChannel_0..yChannel_{l-1}, each (batch, L, dim).
 
-        Returns (yToken_l, yChannel_l).
+        Returns (yToken_l, yChannel_l). `token_state`, if given, is the token mixer's streaming state.
         """
         if len(tokens) != self.index or len(channels) != self.index:
             raise ValueError(f"tokens, channels: block {self.index} needs {self.index} earlier outputs of each, "
                              f"got {len(tokens)} and {len(channels)}")
         x = _weighted_sum(self.alpha, tokens) + _weighted_sum(self.beta, channels)
-        y_token = x + self.drop_path(self.token_mixer(self.token_norm(x)))
+        stream = {} if token_state is None else {"state": token_state}
+        y_token = x + self.drop_path(self.token_mixer(self.token_norm(x), **stream))
         x = _weighted_sum(self.theta, [*tokens, y_token]) + _weighted_sum(self.gamma, channels)
         y_channel = x + self.drop_path(self.channel_mixer(self.channel_norm(x)))
         return y_token, y_channel

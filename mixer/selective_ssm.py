@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..kernels import mamba_chunk_scan_combined, selective_scan_fn
+from ..kernels import mamba_chunk_scan_combined, selective_scan_fn, selective_state_update, ssd_state_update
 
 
 def _inverse_softplus_dt(size: int, dt_min: float, dt_max: float, dt_init_floor: float) -> torch.Tensor:
@@ -80,6 +80,33 @@ class _ScanDirection(nn.Module):
         )
         return y.reshape(batch, length, self.d_inner).transpose(1, 2)
 
+    def allocate_state(self, batch: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero (conv window, SSM state): (batch, d_inner, d_conv - 1) and the scan's state, in float32."""
+        conv = torch.zeros(batch, self.d_inner, self.d_conv - 1, device=device)
+        if self.ssm == "s6":
+            return conv, torch.zeros(batch, self.d_inner, self.d_state, device=device)
+        return conv, torch.zeros(batch, self.nheads, self.headdim, self.d_state, device=device)
+
+    def step(self, x: torch.Tensor, z: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """One causal step: x, z (batch, d_inner) -> (batch, d_inner); `state` is updated in place."""
+        conv_state, ssm_state = state
+        window = torch.cat([conv_state.to(x.dtype), x[..., None]], dim=-1)  # (batch, d_inner, d_conv)
+        conv_state.copy_(window[..., 1:])
+        x = F.silu((window * self.conv1d.weight[:, 0]).sum(-1) + (0 if self.conv1d.bias is None else self.conv1d.bias))
+        params = self.x_proj(x)
+        A = -torch.exp(self.A_log.float())
+        if self.ssm == "s6":
+            dt, B, C = params.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+            return selective_state_update(ssm_state, x, F.linear(dt, self.dt_proj.weight), A, B, C, self.D.float(), z,
+                                          self.dt_proj.bias.float(), dt_softplus=True)
+        gn = self.ngroups * self.d_state
+        dt, B, C = params.split([self.nheads, gn, gn], dim=-1)
+        heads = (x.shape[0], self.nheads, self.headdim)
+        y = ssd_state_update(ssm_state, x.reshape(heads), dt, A, B.reshape(-1, self.ngroups, self.d_state),
+                             C.reshape(-1, self.ngroups, self.d_state), self.D.float(), z.reshape(heads),
+                             self.dt_bias.float(), dt_softplus=True)
+        return y.reshape(x.shape)
+
 
 class SelectiveSSM(nn.Module):
     """Mamba selective SSM block: (batch, L, d_model) -> (batch, L, d_model).
@@ -121,10 +148,28 @@ class SelectiveSSM(nn.Module):
             for reverse in ((False, True) if bidirectional else (False,))
         )
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
+        self.causal = causal
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, state: list | None = None) -> torch.Tensor:
+        """hidden: (batch, L, d_model) -> (batch, L, d_model).
+
+        With `state` (from `allocate_state`), continue a stream: the L new tokens are processed one step at a
+        time from the carried conv window and SSM state, which are updated in place. Feeding a sequence in
+        pieces this way gives the same outputs as one call on the whole sequence.
+        """
         if hidden.dim() != 3 or hidden.shape[-1] != self.d_model:
             raise ValueError(f"hidden: expected shape (batch, L, d_model={self.d_model}), got {tuple(hidden.shape)}")
         x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # each (batch, d_inner, L)
-        y = sum(direction(x, z) for direction in self.directions)
+        if state is None:
+            y = sum(direction(x, z) for direction in self.directions)
+        else:
+            (direction,) = self.directions
+            y = torch.stack([direction.step(x[..., t], z[..., t], state) for t in range(x.shape[-1])], dim=-1)
         return self.out_proj(y.transpose(1, 2))
+
+    def allocate_state(self, batch: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero streaming state for `batch` sequences; only a unidirectional, causal layer can stream."""
+        if self.bidirectional or not self.causal:
+            raise ValueError("state: streaming needs a unidirectional layer with a causal conv "
+                             f"(bidirectional={self.bidirectional}, causal={self.causal})")
+        return self.directions[0].allocate_state(batch, device)

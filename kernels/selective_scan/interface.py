@@ -6,7 +6,7 @@ import torch
 
 from .._backend import resolve_backend
 from .._checks import check_groups, check_optional, check_tensor
-from .parallel import selective_scan_parallel
+from .fast import selective_scan_fast
 
 
 def _check_bc(name, t, batch, n, length, dim, dev):
@@ -46,12 +46,12 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     State in float32 (float64 for float64 inputs) whatever the input dtype; out in u's dtype, (batch, dim, L).
     `return_last_state` also returns the final state (batch, dim, N) (not differentiated through).
     `reverse=True` scans from the last position to the first (equal to flipping inputs and output).
-    `backend`: "torch" (parallel PyTorch scan), "triton" (not built yet: a clear error), or "auto" (the
+    `backend`: "torch" (the fast PyTorch path), "triton" (not built yet: a clear error), or "auto" (the
     Triton kernel for CUDA tensors once it exists, else "torch").
     """
     check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias)
     resolve_backend(backend, u, triton_available=False)
-    out = selective_scan_parallel(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, reverse)
+    out = selective_scan_fast(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, reverse)
     if return_last_state:
         return out[0], out[1].detach()
     return out
