@@ -1,0 +1,1 @@
+"""Hydra configs, shipped with the package so an installed `mambamixer-train` can compose them."""

@@ -1,0 +1,31 @@
+"""Callbacks shared by every task."""
+
+from __future__ import annotations
+
+import random
+
+import lightning as L
+import numpy as np
+import torch
+
+
+class RNGStateCheckpoint(L.Callback):
+    """Saves the Python, NumPy, torch and CUDA random states in every checkpoint and restores them on
+    resume, so dropout and augmentation after a resume draw what the uninterrupted run would have."""
+
+    def state_dict(self) -> dict:
+        # Tensors, tuples and numbers only, so checkpoints load with torch.load(weights_only=True).
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        state = {"python": random.getstate(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos,
+                                                        has_gauss, cached), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        random.setstate(state["python"])
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,54 @@
+"""`ForecastingModule`: MSE training of a forecaster, MSE / MAE on val and test with torchmetrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning as L
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
+
+
+class ForecastingModule(L.LightningModule):
+    """Wraps a forecaster `model(x, covariates=None) -> (batch, pred_len, n_vars)`.
+
+    Loss and metrics compare the last `y.shape[-1]` predicted variates with `y` (all variates for
+    features M and S, the target alone for MS). `optimizer` and `scheduler` are partials from the config
+    (`torch.optim.AdamW`, a `torch.optim.lr_scheduler` class, ...); the scheduler steps every epoch.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: Callable, scheduler: Callable | None = None):
+        super().__init__()
+        self.model, self.optimizer_factory, self.scheduler_factory = model, optimizer, scheduler
+        metrics = MetricCollection({"mse": MeanSquaredError(), "mae": MeanAbsoluteError()})
+        self.val_metrics, self.test_metrics = metrics.clone(prefix="val/"), metrics.clone(prefix="test/")
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        pred = self.model(batch["x"], batch.get("covariates"))
+        return pred[..., -batch["y"].shape[-1]:]
+
+    def training_step(self, batch, batch_idx):
+        loss = F.mse_loss(self(batch), batch["y"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["y"]))
+        return loss
+
+    def _evaluate(self, batch, metrics, stage):
+        pred = self(batch)
+        self.log(f"{stage}/loss", F.mse_loss(pred, batch["y"]), prog_bar=stage == "val", batch_size=len(pred))
+        metrics.update(pred.flatten(), batch["y"].flatten())
+        self.log_dict(metrics, batch_size=len(pred))
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, self.val_metrics, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate(batch, self.test_metrics, "test")
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer),
+                                                          "interval": "epoch"}}

@@ -1,0 +1,109 @@
+"""train.py end to end: every experiment config, a multirun, resume, and config errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf, open_dict
+
+from mambamixer.tasks.config_check import check_config
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+# Small and quick: the protocol's code paths on short windows and a few batches.
+TINY = ["data.seq_len=64", "data.pred_len=16", "model.d_model=8", "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "data.batch_size=8", "data.eval_batch_size=64"]
+
+
+def run(*overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(result.stdout[-3000:] + result.stderr[-3000:])
+    return result
+
+
+def metrics_of(result: subprocess.CompletedProcess) -> tuple[dict, Path]:
+    out_dir = Path(result.stdout.strip().splitlines()[-1])
+    return json.loads((out_dir / "metrics.json").read_text()), out_dir
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_fast_dev_run_of_every_experiment(experiment, tmp_path):
+    result = run(f"experiment={experiment}", "trainer.fast_dev_run=true", f"hydra.run.dir={tmp_path}",
+                 "data.eval_batch_size=64")
+    metrics, out_dir = metrics_of(result)
+    assert out_dir == tmp_path
+    assert {"test/mse", "test/mae"} <= set(metrics) and metrics["test/mse"] > 0
+
+
+def test_default_run_writes_metrics_plot_and_checkpoints(tmp_path):
+    metrics, out_dir = metrics_of(run(*TINY, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path}"))
+    assert metrics["epochs"] == 1 and metrics["test/mse"] > 0
+    assert (out_dir / "logs" / "forecast.png").stat().st_size > 10_000
+    assert (out_dir / "checkpoints" / "last.ckpt").exists()
+    assert (out_dir / "logs" / "metrics.csv").exists()
+
+
+def test_multirun_over_two_horizons(tmp_path):
+    result = run("-m", "experiment=tsm2_etth1", "data.pred_len=8,16", *[o for o in TINY if "pred_len" not in o],
+                 "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}")
+    runs = sorted(p.parent for p in tmp_path.rglob("metrics.json"))
+    assert len(runs) == 2, result.stdout[-2000:]
+    horizons = {OmegaConf.load(r / ".hydra" / "config.yaml").data.pred_len for r in runs}
+    assert horizons == {8, 16}
+    assert all(json.loads((r / "metrics.json").read_text())["test/mse"] > 0 for r in runs)
+
+
+def test_resume_ends_at_the_uninterrupted_metrics(tmp_path):
+    common = [*TINY, "trainer.max_epochs=3", "callbacks.early_stopping=null", "model.dropout=0.3"]
+    whole, _ = metrics_of(run(*common, f"hydra.run.dir={tmp_path / 'whole'}"))
+    # "Interrupted" after the first epoch (3 batches), then resumed from its last checkpoint.
+    run(*common, "trainer.max_steps=3", f"hydra.run.dir={tmp_path / 'first'}")
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    resumed, _ = metrics_of(run(*common, f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'resumed'}"))
+    assert resumed["epochs"] == whole["epochs"] == 3
+    for key in ("test/mse", "test/mae"):
+        assert resumed[key] == pytest.approx(whole[key], rel=1e-6), key
+
+
+def test_mistyped_override_fails_before_any_data_is_read():
+    result = run("data.pred_lenn=96", "data.root=/nonexistent", check=False)
+    assert result.returncode != 0
+    assert "pred_lenn" in result.stderr and "not found" not in result.stderr
+
+
+def test_mistyped_key_in_a_config_file_is_named():
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=tsm2_etth1"])
+    check_config(cfg)
+    with open_dict(cfg):
+        cfg.data.pred_lenn = 96
+    with pytest.raises(ValueError, match=r"config key 'data.pred_lenn' is not an argument of .*ForecastingDataModule; "
+                                         r"did you mean 'pred_len'\?"):
+        check_config(cfg)
+    with open_dict(cfg):
+        del cfg.data.pred_lenn
+        cfg.trainer.max_epoch = 3
+    with pytest.raises(ValueError, match=r"'trainer.max_epoch' .* did you mean 'max_epochs'"):
+        check_config(cfg)
+
+
+def test_appended_unknown_key_is_rejected_before_any_data_is_read():
+    result = run("+model.d_modle=8", "data.root=/nonexistent", check=False)
+    assert result.returncode != 0
+    assert "config key 'model.d_modle'" in result.stderr and "not found" not in result.stderr
+
+
+def test_every_config_group_option_composes():
+    for group in ("data", "model", "trainer", "logger", "callbacks"):
+        for option in (ROOT / "conf" / group).glob("*.yaml"):
+            with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+                cfg = compose("train", overrides=[f"{group}={option.stem}"])
+            check_config(cfg)
+            assert OmegaConf.select(cfg, group) is not None
