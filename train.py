@@ -54,7 +54,7 @@ def report(metrics: dict[str, float], out_dir: Path) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        table.add_row(key, f"{value:.4f}" if key.startswith(("test/", "val/")) else str(value))
     Console().print(table)
     print(out_dir)
 

@@ -90,10 +90,17 @@ def test_tiny_model_overfits_a_batch():
     (lambda m: m(torch.randn(2, 48, 3), torch.randn(2, 48, 1)),
      r"covariates: this model was built with n_covariates=0"),
     (lambda m: m.stream(2).update(torch.randn(3, 3)), r"x: expected shape \(batch=2, n_vars=3\)"),
+    (lambda m: m.stream(2).update(torch.randn(2, 3), torch.randn(2, 1)), r"covariates: expected none"),
 ])
 def test_bad_inputs(call, message):
     with pytest.raises(ValueError, match=message):
         call(small())
+
+
+def test_stream_needs_its_covariates():
+    stream = small(n_covariates=2).stream(2)
+    with pytest.raises(ValueError, match=r"covariates: expected shape \(2, 2\)"):
+        stream.update(torch.randn(2, 3))
 
 
 def test_bad_construction():

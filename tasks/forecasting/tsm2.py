@@ -174,6 +174,11 @@ class TSM2Stream:
                              "call forecast(), or start a new stream")
         if x.shape != (self.batch, model.n_vars):
             raise ValueError(f"x: expected shape (batch={self.batch}, n_vars={model.n_vars}), got {tuple(x.shape)}")
+        want = (self.batch, model.n_covariates) if model.n_covariates else None
+        if (None if covariates is None else tuple(covariates.shape)) != want:
+            raise ValueError(f"covariates: expected {'shape ' + str(want) if want else 'none'} (the model has "
+                             f"n_covariates={model.n_covariates}), got "
+                             f"{None if covariates is None else tuple(covariates.shape)}")
         self.recent = torch.cat([self.recent[..., 1:], x[..., None]], dim=-1)
         if model.n_covariates:
             self.recent_covariates = torch.cat([self.recent_covariates[..., 1:], covariates[..., None]], dim=-1)
