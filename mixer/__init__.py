@@ -5,5 +5,5 @@ from .block import MambaMixer, MambaMixerBlock
 from .mixers import SelectiveChannelMixer, SelectiveTokenMixer
 from .selective_ssm import SelectiveSSM
 
-__all__ = [
-    "AlongAxis","SelectiveSSM", "SelectiveTokenMixer", "SelectiveChannelMixer", "MambaMixerBlock", "MambaMixer"]
+__all__ = ["AlongAxis", "SelectiveSSM", "SelectiveTokenMixer", "SelectiveChannelMixer", "MambaMixerBlock",
+           "MambaMixer"]

@@ -150,7 +150,7 @@ class SelectiveSSM(nn.Module):
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
         self.causal = causal
 
-    def forward(self, hidden: torch.Tensor, state: list | None = None) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """hidden: (batch, L, d_model) -> (batch, L, d_model).
 
         With `state` (from `allocate_state`), continue a stream: the L new tokens are processed one step at a

@@ -168,9 +168,8 @@ class ForecastingDataModule(L.LightningDataModule):
         if self.features == "S":
             columns, values = columns[-1:], values[:, -1:]
         starts, ends = split_borders(self.split, len(values), self.seq_len)
-        need = ends[2] if self.split != "custom" else None
-        if need is not None and len(values) < need:
-            raise ValueError(f"{self.path}: the {self.split} split needs {need} rows, the file has {len(values)}")
+        if self.split != "custom" and len(values) < ends[2]:
+            raise ValueError(f"{self.path}: the {self.split} split needs {ends[2]} rows, the file has {len(values)}")
         for name, start, end in zip(("train", "val", "test"), starts, ends):
             if start < 0 or end - start < self.seq_len + self.pred_len:
                 raise ValueError(f"{self.path}: too few rows for seq_len={self.seq_len} + pred_len={self.pred_len}: "

@@ -34,17 +34,16 @@ class ForecastingModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["y"]))
         return loss
 
-    def _evaluate(self, batch, metrics, stage):
+    def _evaluate(self, batch, metrics):
         pred = self(batch)
-        self.log(f"{stage}/loss", F.mse_loss(pred, batch["y"]), prog_bar=stage == "val", batch_size=len(pred))
         metrics.update(pred.flatten(), batch["y"].flatten())
-        self.log_dict(metrics, batch_size=len(pred))
+        self.log_dict(metrics, prog_bar=True, batch_size=len(pred))
 
     def validation_step(self, batch, batch_idx):
-        self._evaluate(batch, self.val_metrics, "val")
+        self._evaluate(batch, self.val_metrics)
 
     def test_step(self, batch, batch_idx):
-        self._evaluate(batch, self.test_metrics, "test")
+        self._evaluate(batch, self.test_metrics)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())
