@@ -1,14 +1,21 @@
 """Selective-scan ops, drop-in compatible with mamba_ssm: Mamba-1 S6 and Mamba-2 SSD.
 
 Each op has a sequential reference (`*_ref`, the test oracle), a fast PyTorch path, a one-step update
-for streaming, and a checked entry point with a `backend` switch.
+for streaming, and a checked entry point with a `backend` switch; the S6 scan also has Triton kernels
+(`backend="triton"`, picked by "auto" for CUDA tensors) and a fused two-direction op.
 """
 
-from .selective_scan import selective_scan_fn, selective_scan_ref, selective_state_update
+from .selective_scan import (
+    selective_scan_bidirectional_fn,
+    selective_scan_fn,
+    selective_scan_ref,
+    selective_state_update,
+)
 from .ssd import mamba_chunk_scan_combined, mamba_chunk_scan_ref, ssd_state_update
 
 __all__ = [
     "selective_scan_fn",
+    "selective_scan_bidirectional_fn",
     "selective_scan_ref",
     "selective_state_update",
     "mamba_chunk_scan_combined",

@@ -2,20 +2,36 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import torch
 
 BACKENDS = ("auto", "torch", "triton")
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+# Triton picks the interpreter when a kernel is defined, so this is read once, at import.
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def resolve_backend(backend: str, x: torch.Tensor, triton_available: bool) -> str:
+def resolve_backend(backend: str, x: torch.Tensor, has_kernel: bool, float64: bool = False) -> str:
     """Return "torch" or "triton" for `backend` ("auto" | "torch" | "triton").
 
-    "auto" picks Triton for CUDA tensors when the op has a Triton kernel, else the PyTorch path.
+    "auto" picks Triton for CUDA tensors when the op has a Triton kernel (and the inputs are not float64),
+    else the PyTorch path. "triton" on CPU tensors needs TRITON_INTERPRET=1 set before import.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "triton" if (x.is_cuda and triton_available) else "torch"
-    if backend == "triton" and not triton_available:
-        raise ValueError("backend: 'triton' has no kernel for this op yet; use backend='torch' or 'auto'")
+        return "triton" if (x.is_cuda and has_kernel and HAS_TRITON and not float64) else "torch"
+    if backend == "triton":
+        if not has_kernel:
+            raise ValueError("backend: 'triton' has no kernel for this op yet; use backend='torch' or 'auto'")
+        if not HAS_TRITON:
+            raise ValueError("backend: 'triton' needs the triton package, which is not installed")
+        if float64:
+            raise ValueError("backend: 'triton' takes float32, float16 or bfloat16 inputs, got float64; "
+                             "use backend='torch'")
+        if not (x.is_cuda or INTERPRET):
+            raise ValueError(f"backend: 'triton' needs CUDA tensors (got {x.device}), or TRITON_INTERPRET=1 set "
+                             "before import to run the kernels on the CPU")
     return backend

@@ -8,7 +8,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..kernels import mamba_chunk_scan_combined, selective_scan_fn, selective_state_update, ssd_state_update
+from ..kernels import (
+    mamba_chunk_scan_combined,
+    selective_scan_bidirectional_fn,
+    selective_scan_fn,
+    selective_state_update,
+    ssd_state_update,
+)
 
 
 def _inverse_softplus_dt(size: int, dt_min: float, dt_max: float, dt_init_floor: float) -> torch.Tensor:
@@ -59,16 +65,22 @@ class _ScanDirection(nn.Module):
         for p in (self.A_log, self.D, self.dt_proj.bias if ssm == "s6" else self.dt_bias):
             p._no_weight_decay = True  # as in Mamba: the SSM's own parameters are not decayed
 
+    def s6_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """x (batch, d_inner, L) -> the S6 scan's (u, delta, A, B, C, D, delta_bias), softplus to be applied."""
+        u = F.silu(self.conv1d(F.pad(x, self.padding)))
+        dt, B, C = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)
+        return (u, delta, -torch.exp(self.A_log.float()), B.transpose(1, 2), C.transpose(1, 2), self.D.float(),
+                self.dt_proj.bias.float())
+
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        if self.ssm == "s6":
+            u, delta, A, B, C, D, bias = self.s6_inputs(x)
+            return selective_scan_fn(u, delta, A, B, C, D, z, bias, True, reverse=self.reverse, backend=self.backend)
         batch, _, length = x.shape
         x = F.silu(self.conv1d(F.pad(x, self.padding)))
         params = self.x_proj(x.transpose(1, 2))  # (batch, L, *)
         A = -torch.exp(self.A_log.float())
-        if self.ssm == "s6":
-            dt, B, C = params.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-            delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)
-            return selective_scan_fn(x, delta, A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z,
-                                     self.dt_proj.bias.float(), True, reverse=self.reverse, backend=self.backend)
         gn = self.ngroups * self.d_state
         dt, B, C = params.split([self.nheads, gn, gn], dim=-1)
         heads = (batch, length, self.nheads, self.headdim)
@@ -117,7 +129,9 @@ class SelectiveSSM(nn.Module):
     inverse-softplus bias, D = 1.
 
     bidirectional: a second direction scanning last-to-first with its own conv, projections, A and D; the
-        two outputs are added and gated by the same z (MambaMixer's bidirectional selective mixer).
+        two outputs are added and gated by the same z (MambaMixer's bidirectional selective mixer). With
+        ssm="s6" both directions run in one fused scan (`selective_scan_bidirectional_fn`: one Triton
+        launch on the GPU, no flipped copies).
     causal: each direction's conv sees only its own past; False gives a centred conv window.
     ssm: "s6" (Mamba-1, A of shape (d_inner, d_state)) or "ssd" (Mamba-2 style: scalar A per head of
         `headdim` channels, B/C shared by `ngroups` groups, the chunked SSD op).
@@ -160,7 +174,11 @@ class SelectiveSSM(nn.Module):
         if hidden.dim() != 3 or hidden.shape[-1] != self.d_model:
             raise ValueError(f"hidden: expected shape (batch, L, d_model={self.d_model}), got {tuple(hidden.shape)}")
         x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # each (batch, d_inner, L)
-        if state is None:
+        if state is None and self.bidirectional and self.directions[0].ssm == "s6":
+            fwd, bwd = (direction.s6_inputs(x) for direction in self.directions)
+            y = selective_scan_bidirectional_fn(*zip(fwd, bwd), z=z, delta_softplus=True,
+                                                backend=self.directions[0].backend)
+        elif state is None:
             y = sum(direction(x, z) for direction in self.directions)
         else:
             (direction,) = self.directions

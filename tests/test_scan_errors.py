@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from mambamixer.kernels import mamba_chunk_scan_combined, selective_scan_fn, selective_state_update, ssd_state_update
+from mambamixer.kernels import (
+    _backend,
+    mamba_chunk_scan_combined,
+    selective_scan_bidirectional_fn,
+    selective_scan_fn,
+    selective_state_update,
+    ssd_state_update,
+)
 
 from helpers import s6_inputs, ssd_inputs
 
@@ -22,7 +29,8 @@ S6_CASES = [
     ("delta_bias", dict(delta_bias=torch.randn(4, 1)), r"delta_bias: expected shape \(dim,\)"),
     ("u", dict(u=torch.randint(0, 3, (2, 4, 7))), r"u: expected a real floating dtype"),
     ("backend", dict(backend="cuda"), r"backend: expected one of"),
-    ("backend", dict(backend="triton"), r"backend: 'triton' has no kernel"),
+    ("backend", dict(backend="triton", u=torch.randn(2, 4, 7, dtype=torch.float64)),
+     r"backend: 'triton' takes float32, float16 or bfloat16 inputs, got float64"),
 ]
 
 
@@ -31,6 +39,13 @@ def test_selective_scan_errors(name, change, message):
     a = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in s6_inputs().items()}
     with pytest.raises(ValueError, match=message):
         selective_scan_fn(**{**a, **change})
+
+
+def test_triton_backend_on_cpu_without_the_interpreter_is_named(monkeypatch):
+    monkeypatch.setattr(_backend, "INTERPRET", False)
+    a = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in s6_inputs().items()}
+    with pytest.raises(ValueError, match=r"backend: 'triton' needs CUDA tensors \(got cpu\), or TRITON_INTERPRET=1"):
+        selective_scan_fn(**a, backend="triton")
 
 
 def test_selective_scan_device_mismatch_is_named():
@@ -55,6 +70,7 @@ SSD_CASES = [
     ("dt_limit", dict(dt_limit=(0.5, 0.1)), r"dt_limit: expected \(low, high\)"),
     ("seq_idx", dict(seq_idx=torch.zeros(2, 7, dtype=torch.int32)), r"seq_idx: packed variable-length"),
     ("backend", dict(backend="cuda"), r"backend: expected one of"),
+    ("backend", dict(backend="triton"), r"backend: 'triton' has no kernel for this op yet"),
 ]
 
 
@@ -78,3 +94,21 @@ def test_step_errors():
     with pytest.raises(ValueError, match=r"dt: expected shape \(batch, H\) = \(2, 4\)"):
         ssd_state_update(ssd_state, torch.randn(2, 4, 3), torch.randn(2, 3), -torch.rand(4), torch.randn(2, 1, 5),
                          torch.randn(2, 1, 5))
+
+
+def _pairs(**change):
+    f, b = s6_inputs(seed=1), s6_inputs(seed=2)
+    pairs = {k: (f[k], b[k]) for k in ("u", "delta", "A", "B", "C", "D", "delta_bias")}
+    return {**pairs, "z": f["z"], "delta_softplus": True, **change}
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(u=torch.randn(2, 4, 7)), r"u: expected a pair \(forward direction, backward direction\)"),
+    (dict(D=(torch.randn(4), None)), r"D: give it for both directions or for neither"),
+    (dict(u=(torch.randn(2, 4, 7, dtype=torch.float64), torch.randn(2, 4, 8, dtype=torch.float64))),
+     r"backward direction: delta: expected shape \(batch, dim, L\) = \(2, 4, 8\)"),
+    (dict(z=torch.randn(2, 4, 6, dtype=torch.float64)), r"z: expected shape \(batch, dim, L\) = \(2, 4, 7\)"),
+])
+def test_bidirectional_errors(change, message):
+    with pytest.raises(ValueError, match=message):
+        selective_scan_bidirectional_fn(**_pairs(**change))

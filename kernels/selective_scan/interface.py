@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from .._backend import resolve_backend
-from .._checks import check_groups, check_optional, check_tensor
+from .._backend import HAS_TRITON, resolve_backend
+from .._checks import check_groups, check_optional, check_tensor, compute_dtype
 from .fast import selective_scan_fast
+
+if HAS_TRITON:
+    from .triton_op import selective_scan_triton
 
 
 def _check_bc(name, t, batch, n, length, dim, dev):
@@ -46,11 +49,14 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     State in float32 (float64 for float64 inputs) whatever the input dtype; out in u's dtype, (batch, dim, L).
     `return_last_state` also returns the final state (batch, dim, N) (not differentiated through).
     `reverse=True` scans from the last position to the first (equal to flipping inputs and output).
-    `backend`: "torch" (the fast PyTorch path), "triton" (not built yet: a clear error), or "auto" (the
-    Triton kernel for CUDA tensors once it exists, else "torch").
+    `backend`: "torch" (the fast PyTorch path), "triton" (the Triton kernels: CUDA tensors, or CPU tensors
+    under TRITON_INTERPRET=1; not float64), or "auto" (Triton for CUDA tensors that are not float64, else
+    "torch").
     """
     check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias)
-    resolve_backend(backend, u, triton_available=False)
+    float64 = compute_dtype(u, delta, A, B, C, D, z, delta_bias) == torch.float64
+    if resolve_backend(backend, u, has_kernel=True, float64=float64) == "triton":
+        return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, reverse)
     out = selective_scan_fast(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, reverse)
     if return_last_state:
         return out[0], out[1].detach()

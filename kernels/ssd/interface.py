@@ -58,7 +58,7 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
     if return_varlen_states:
         raise ValueError("return_varlen_states: packed variable-length sequences are not supported; pass False")
     check_ssd_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_limit)
-    resolve_backend(backend, x, triton_available=False)
+    resolve_backend(backend, x, has_kernel=False)
     out = mamba_chunk_scan_chunked(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus,
                                    dt_limit, return_final_states, reverse)
     if return_final_states:

@@ -1,0 +1,63 @@
+"""`selective_scan_bidirectional_fn`: two scan directions with their own parameters, added, one gate.
+
+    out = (scan(forward) + scan_reversed(backward)) * silu(z)
+
+the bidirectional selective mixer of MambaMixer / Vision Mamba. The Triton backend runs both directions
+in one launch and adds them before the gate without flipping any tensor; the PyTorch backend runs the
+two scans of `selective_scan_fn`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._backend import HAS_TRITON, resolve_backend
+from .._checks import check_optional, compute_dtype
+from .fast import selective_scan_fast
+from .interface import check_selective_scan_args
+
+if HAS_TRITON:
+    from .triton_op import selective_scan_bidirectional_triton
+
+_NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+
+
+def _pair(name, value):
+    if not (isinstance(value, (tuple, list)) and len(value) == 2):
+        raise ValueError(f"{name}: expected a pair (forward direction, backward direction), got {type(value).__name__}")
+    return value
+
+
+def selective_scan_bidirectional_fn(u, delta, A, B, C, D=(None, None), delta_bias=(None, None), *, z=None,
+                                    delta_softplus=False, backend="auto"):
+    """Each of u, delta, A, B, C, D, delta_bias is a pair (forward direction, backward direction) with the
+    shapes of `selective_scan_fn`; the pairs share batch, dim, L and N (B/C groupings may differ). z:
+    (batch, dim, L) gates the sum. Returns (batch, dim, L) in u's dtype.
+
+    D and delta_bias are given for both directions or for neither.
+    """
+    pairs = [_pair(name, value) for name, value in zip(_NAMES, (u, delta, A, B, C, D, delta_bias))]
+    forward, backward = tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
+    for which, args in (("forward", forward), ("backward", backward)):
+        try:
+            check_selective_scan_args(*args[:5], args[5], None, args[6])
+        except ValueError as err:
+            raise ValueError(f"{which} direction: {err}") from None
+    if backward[0].shape != forward[0].shape or backward[2].shape != forward[2].shape:
+        raise ValueError(f"u, A: the backward direction's shapes {tuple(backward[0].shape)}, "
+                         f"{tuple(backward[2].shape)} must equal the forward direction's {tuple(forward[0].shape)}, "
+                         f"{tuple(forward[2].shape)}")
+    for i in (5, 6):
+        if (forward[i] is None) != (backward[i] is None):
+            raise ValueError(f"{_NAMES[i]}: give it for both directions or for neither")
+    check_optional("z", z, "(batch, dim, L)", tuple(forward[0].shape), forward[0].device)
+    float64 = compute_dtype(*forward, *backward, z) == torch.float64
+    if resolve_backend(backend, forward[0], has_kernel=True, float64=float64) == "triton":
+        return selective_scan_bidirectional_triton(forward, backward, z, delta_softplus)
+    y = selective_scan_fast(*forward[:5], D=forward[5], delta_bias=forward[6], delta_softplus=delta_softplus)
+    y_rev = selective_scan_fast(*backward[:5], D=backward[5], delta_bias=backward[6], delta_softplus=delta_softplus,
+                                reverse=True)
+    out = y.float() + y_rev.float() if y.dtype != torch.float64 else y + y_rev
+    if z is not None:
+        out = out * torch.nn.functional.silu(z.to(out.dtype))
+    return out.to(forward[0].dtype)

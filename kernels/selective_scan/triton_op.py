@@ -1,0 +1,247 @@
+"""Launchers, torch custom ops (`mambamixer::selective_scan_fwd` / `_bwd`) and autograd around the Triton S6
+kernels.
+
+One launch covers one direction or the fused pair of directions (when the second direction's tensors are
+given). Under `torch.compile` the scan goes through the custom ops (their autograd formula calls the
+backward op), so the compiler traces through it; in eager mode a plain autograd Function calls the same
+launchers without the custom-op dispatch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+
+from .triton_kernels import s6_bwd_kernel, s6_fwd_kernel
+
+
+def block_sizes(dim: int, length: int, n: int, dpgs: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """(BLOCK_D, BLOCK_N, CHUNK, num_warps) for a scan of `dim` channels, `length` steps and N = `n`.
+
+    BLOCK_D must divide every channels-per-group count of a grouped B or C (`dpgs`), so one program's
+    channels share their B and C rows. CHUNK: steps between the states saved for the backward.
+    """
+    block_d = 8
+    for dpg in dpgs:
+        block_d = math.gcd(block_d, dpg & -dpg)
+    block_n = triton.next_power_of_2(n)
+    return block_d, block_n, 32, 1  # measured best or near it at every benchmark shape (BENCHMARKS.md)
+
+
+def _direction(u, delta, A, B, C, D, delta_bias):
+    """Kernel arguments of one direction: tensors with their strides, B and C as (batch, G, N, L) views."""
+    dim = u.shape[1]
+    B4 = B if B.dim() == 4 else B.unsqueeze(1)
+    C4 = C if C.dim() == 4 else C.unsqueeze(1)
+    return [u, *u.stride(), delta, *delta.stride(), A, *A.stride(),
+            B4, *B4.stride(), dim // B4.shape[1], C4, *C4.stride(), dim // C4.shape[1],
+            u if D is None else D, u if delta_bias is None else delta_bias]
+
+
+def _groups(B):
+    return 1 if B.dim() == 3 else B.shape[1]
+
+
+def _dpgs(dim, *BCs):
+    return tuple(dim // t.shape[1] for t in BCs if t is not None and t.dim() == 4)
+
+
+def _n_chunks(length, chunk):
+    return triton.cdiv(length, chunk)
+
+
+def _launch_fwd(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev, z,
+                delta_softplus, reverse, save_states):
+    """out (batch, dim, L) in u's dtype, last state (batch, dim, N) float32 (one direction only), and the
+    states at chunk starts of each direction, (batch, dim, chunks, N) float32 (empty unless save_states)."""
+    batch, dim, length = u.shape
+    n = A.shape[1]
+    bidir = u_rev is not None
+    block_d, block_n, chunk, warps = block_sizes(dim, length, n, _dpgs(dim, B, C, B_rev, C_rev))
+    chunks = _n_chunks(length, chunk)
+    out = torch.empty(batch, dim, length, dtype=u.dtype, device=u.device)
+    last = torch.empty(batch, dim, n, dtype=torch.float32, device=u.device)
+    states_shape = (batch, dim, chunks, n) if save_states else (0,)
+    states = [torch.empty(states_shape, dtype=torch.float32, device=u.device) for _ in range(1 + bidir)]
+    dir0 = _direction(u, delta, A, B, C, D, delta_bias) + [states[0]]
+    dir1 = _direction(u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev) + [states[1]] if bidir else dir0
+    gate = [u, 0, 0, 0] if z is None else [z, *z.stride()]
+    s6_fwd_kernel[(triton.cdiv(dim, block_d), batch)](
+        *dir0, *dir1, *gate, out, *out.stride(), last, dim, length, n, chunks,
+        HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
+        REVERSE=reverse, BIDIR=bidir, SAVE_STATES=save_states, BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk,
+        num_warps=warps,
+    )
+    return out, last, states[0], states[-1] if bidir else torch.empty(0, device=u.device)
+
+
+@torch.library.custom_op("mambamixer::selective_scan_fwd", mutates_args=())
+def selective_scan_fwd(
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    D: torch.Tensor | None, delta_bias: torch.Tensor | None,
+    u_rev: torch.Tensor | None, delta_rev: torch.Tensor | None, A_rev: torch.Tensor | None,
+    B_rev: torch.Tensor | None, C_rev: torch.Tensor | None, D_rev: torch.Tensor | None,
+    delta_bias_rev: torch.Tensor | None, z: torch.Tensor | None,
+    delta_softplus: bool, reverse: bool, save_states: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`_launch_fwd` as a torch custom op, so `torch.compile` traces through the scan."""
+    return _launch_fwd(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev,
+                       z, delta_softplus, reverse, save_states)
+
+
+@selective_scan_fwd.register_fake
+def _(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev, z,
+      delta_softplus, reverse, save_states):
+    batch, dim, length = u.shape
+    n = A.shape[1]
+    _, _, chunk, _ = block_sizes(dim, length, n, _dpgs(dim, B, C, B_rev, C_rev))
+    states_shape = (batch, dim, _n_chunks(length, chunk), n) if save_states else (0,)
+    states = u.new_empty(states_shape, dtype=torch.float32)
+    return (u.new_empty(u.shape), u.new_empty((batch, dim, n), dtype=torch.float32), states,
+            states.new_empty(states_shape if u_rev is not None else (0,)))
+
+
+def _grad_buffers(u, delta, A, B, C, D, delta_bias):
+    """du, ddelta (contiguous, inputs' dtypes); dB, dC float32 (batch, G, N, L) zeros (added to atomically);
+    dA, dD, dbias float32 per-sequence partials."""
+    batch, dim, length = u.shape
+    n = A.shape[1]
+    f32 = dict(dtype=torch.float32, device=u.device)
+    return [torch.empty(u.shape, dtype=u.dtype, device=u.device),
+            torch.empty(delta.shape, dtype=delta.dtype, device=u.device),
+            torch.zeros(batch, _groups(B), n, length, **f32), _groups(B),
+            torch.zeros(batch, _groups(C), n, length, **f32), _groups(C),
+            torch.empty(batch, dim, n, **f32), torch.empty(batch, dim, **f32), torch.empty(batch, dim, **f32)]
+
+
+def _finish_grads(buffers, B, C, A, D, delta_bias):
+    """Kernel buffers -> gradients shaped and typed like (u, delta, A, B, C, D, delta_bias); absent -> empty."""
+    du, ddelta, dB, _, dC, _, dA, dD, dbias = buffers
+    dB = (dB if B.dim() == 4 else dB[:, 0]).to(B.dtype)
+    dC = (dC if C.dim() == 4 else dC[:, 0]).to(C.dtype)
+    dD = du.new_empty(0) if D is None else dD.sum(0).to(D.dtype)
+    dbias = du.new_empty(0) if delta_bias is None else dbias.sum(0).to(delta_bias.dtype)
+    return [du, ddelta, dA.sum(0).to(A.dtype), dB, dC, dD, dbias]
+
+
+def _launch_bwd(dout, states, states_rev, u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev,
+                D_rev, delta_bias_rev, z, delta_softplus, reverse):
+    """Gradients of (u, delta, A, B, C, D, delta_bias), then of the reverse direction's seven, then of z;
+    an empty tensor stands for an absent input."""
+    batch, dim, length = u.shape
+    n = A.shape[1]
+    bidir = u_rev is not None
+    block_d, block_n, chunk, warps = block_sizes(dim, length, n, _dpgs(dim, B, C, B_rev, C_rev))
+    programs = triton.cdiv(dim, block_d)
+    g0 = _grad_buffers(u, delta, A, B, C, D, delta_bias)
+    g1 = _grad_buffers(u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev) if bidir else g0
+    dir0 = _direction(u, delta, A, B, C, D, delta_bias) + [states] + g0
+    dir1 = _direction(u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev) + [states_rev] + g1 if bidir \
+        else dir0
+    dz = torch.empty(u.shape, dtype=z.dtype, device=u.device) if z is not None else u.new_empty(0)
+    gate = [u, 0, 0, 0] if z is None else [z, *z.stride()]
+    scratch = torch.empty(batch * programs * chunk * block_d * block_n, dtype=torch.float32, device=u.device)
+    s6_bwd_kernel[(programs, batch)](
+        *dir0, *dir1, *gate, dout, *dout.stride(), dz if z is not None else u, scratch,
+        dim, length, n, _n_chunks(length, chunk),
+        HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
+        REVERSE=reverse, BIDIR=bidir, BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=warps,
+    )
+    grads = _finish_grads(g0, B, C, A, D, delta_bias)
+    if bidir:
+        grads += _finish_grads(g1, B_rev, C_rev, A_rev, D_rev, delta_bias_rev)
+    else:
+        grads += [u.new_empty(0) for _ in range(7)]
+    return grads + [dz]
+
+
+@torch.library.custom_op("mambamixer::selective_scan_bwd", mutates_args=())
+def selective_scan_bwd(
+    dout: torch.Tensor, states: torch.Tensor, states_rev: torch.Tensor,
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    D: torch.Tensor | None, delta_bias: torch.Tensor | None,
+    u_rev: torch.Tensor | None, delta_rev: torch.Tensor | None, A_rev: torch.Tensor | None,
+    B_rev: torch.Tensor | None, C_rev: torch.Tensor | None, D_rev: torch.Tensor | None,
+    delta_bias_rev: torch.Tensor | None, z: torch.Tensor | None,
+    delta_softplus: bool, reverse: bool,
+) -> list[torch.Tensor]:
+    """`_launch_bwd` as a torch custom op."""
+    return _launch_bwd(dout, states, states_rev, u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev,
+                       C_rev, D_rev, delta_bias_rev, z, delta_softplus, reverse)
+
+
+@selective_scan_bwd.register_fake
+def _(dout, states, states_rev, u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev,
+      delta_bias_rev, z, delta_softplus, reverse):
+    def like(t):
+        return u.new_empty(0) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
+
+    return [like(t) for t in (u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev,
+                              delta_bias_rev, z)]
+
+
+def _check_states(states):
+    if states.numel() == 0:
+        raise RuntimeError("selective_scan: the forward ran without saving states for backward "
+                           "(its inputs did not require grad when it ran)")
+
+
+def _setup_context(ctx, inputs, output):
+    *tensors, delta_softplus, reverse, _ = inputs
+    ctx.save_for_backward(*tensors, output[2], output[3])
+    ctx.present = [t is not None for t in tensors]
+    ctx.delta_softplus, ctx.reverse = delta_softplus, reverse
+
+
+def _backward(ctx, dout, _dlast, _dstates, _dstates_rev):
+    *tensors, states, states_rev = ctx.saved_tensors
+    _check_states(states)
+    grads = selective_scan_bwd(dout, states, states_rev, *tensors, ctx.delta_softplus, ctx.reverse)
+    return (*[g if present else None for g, present in zip(grads, ctx.present)], None, None, None)
+
+
+selective_scan_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerScan(torch.autograd.Function):
+    """The same forward and backward without the custom-op dispatch, for eager mode (less call overhead)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        outputs = _launch_fwd(*inputs)
+        _setup_context(ctx, inputs, outputs)
+        ctx.mark_non_differentiable(*outputs[1:])
+        return outputs
+
+    @staticmethod
+    def backward(ctx, dout, _dlast, _dstates, _dstates_rev):
+        *tensors, states, states_rev = ctx.saved_tensors
+        _check_states(states)
+        grads = _launch_bwd(dout, states, states_rev, *tensors, ctx.delta_softplus, ctx.reverse)
+        return (*[g if present else None for g, present in zip(grads, ctx.present)], None, None, None)
+
+
+def _scan(*inputs):
+    """The custom op while torch.compile traces, the autograd Function otherwise."""
+    if torch.compiler.is_compiling():
+        return selective_scan_fwd(*inputs)
+    return _EagerScan.apply(*inputs)
+
+
+def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                          return_last_state=False, reverse=False):
+    """`selective_scan_ref`'s arguments and results (float32/float16/bfloat16 inputs) through the kernels."""
+    inputs = (u, delta, A, B, C, D, z, delta_bias)
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    out, last, _, _ = _scan(u, delta, A, B, C, D, delta_bias, None, None, None, None, None, None, None, z,
+                            delta_softplus, reverse, save)
+    return (out, last.detach()) if return_last_state else out
+
+
+def selective_scan_bidirectional_triton(forward, backward, z=None, delta_softplus=False):
+    """The fused pair of directions: `forward` and `backward` are (u, delta, A, B, C, D, delta_bias)."""
+    inputs = (*forward, *backward, z)
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    return _scan(*forward, *backward, z, delta_softplus, False, save)[0]

@@ -1,0 +1,133 @@
+"""The Triton S6 kernels (run by Triton's interpreter on CPU) against the float64 recurrence."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mambamixer.kernels import selective_scan_bidirectional_fn, selective_scan_fn, selective_scan_ref
+from mambamixer.kernels.selective_scan import triton_op
+from mambamixer.mixer import SelectiveSSM
+
+from helpers import grads, rel_err, s6_inputs, with_grad
+
+NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+
+
+def as_float(args, dtype=torch.float32):
+    """The arguments in `dtype` (A stays float32, as mamba_ssm takes it)."""
+    return {k: v.to(torch.float32 if k == "A" else dtype) if isinstance(v, torch.Tensor) else v
+            for k, v in args.items()}
+
+
+def check_against_reference(a, tol=1e-5, **kw):
+    """Forward, last state and every gradient of the Triton path against the float64 recurrence."""
+    tri, ref = with_grad(as_float(a)), with_grad(a)
+    out, last = selective_scan_fn(**tri, return_last_state=True, backend="triton", **kw)
+    ref_out, ref_last = selective_scan_ref(**ref, return_last_state=True, **kw)
+    assert out.dtype == torch.float32 and last.dtype == torch.float32
+    assert rel_err(out, ref_out) < tol and rel_err(last, ref_last) < tol
+    g_tri, g_ref = grads(out.double(), tri), grads(ref_out, ref)
+    for name in g_tri:
+        scale = g_ref[name].norm()
+        err = rel_err(g_tri[name], g_ref[name]) if scale > 0 else g_tri[name].norm().item()  # dA at L = 1 is 0
+        assert err < tol, name
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Two channels per program and a state saved every 8 steps: odd channel counts leave a part-filled
+    program and a 129-step scan crosses 17 chunks in the backward."""
+    monkeypatch.setattr(triton_op, "block_sizes", lambda dim, length, n, dpgs: (2, triton_op.triton.next_power_of_2(n),
+                                                                                  8, 1))
+
+
+@pytest.mark.parametrize("length", [1, 7, 129])
+@pytest.mark.parametrize("groups", [None, 2])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_forward_and_gradients_match_recurrence(length, groups, reverse):
+    check_against_reference(s6_inputs(length=length, groups=groups, seed=length), reverse=reverse)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_many_chunks_and_part_filled_programs(small_blocks, reverse):
+    check_against_reference(s6_inputs(dim=5, n=5, length=129, seed=3), reverse=reverse)
+
+
+def test_without_optional_arguments():
+    check_against_reference(s6_inputs(length=33, full=False, seed=4))
+
+
+def test_mixed_groups_for_B_and_C(small_blocks):
+    a = s6_inputs(dim=8, length=11, groups=4, seed=5)
+    a["C"] = a["C"][:, :2].contiguous()
+    check_against_reference(a)
+
+
+def test_non_contiguous_inputs():
+    """B and C as the layer makes them: (batch, N, L) views of a (batch, L, N) projection."""
+    a = as_float(s6_inputs(length=13, seed=6))
+    views = {k: v.transpose(-1, -2).contiguous().transpose(-1, -2) if k in ("u", "delta", "B", "C", "z") else v
+             for k, v in a.items()}
+    assert not views["B"].is_contiguous()
+    torch.testing.assert_close(selective_scan_fn(**views, backend="triton"), selective_scan_fn(**a, backend="torch"))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 3e-3), (torch.bfloat16, 1e-2)])
+def test_low_precision_inputs(dtype, tol):
+    a = as_float(s6_inputs(dim=8, length=40, n=8, groups=2, seed=7), dtype)
+    out = selective_scan_fn(**a, backend="triton")
+    ref = selective_scan_ref(**{k: v.double() if isinstance(v, torch.Tensor) else v for k, v in a.items()})
+    assert out.dtype == dtype and torch.isfinite(out).all() and rel_err(out, ref) < tol
+
+
+@pytest.mark.parametrize("length", [1, 30])
+def test_fused_bidirectional_matches_two_scans(length):
+    f, b = s6_inputs(length=length, groups=2, seed=8), s6_inputs(length=length, seed=9)
+    z = f.pop("z")
+    b.pop("z")
+    leaves = with_grad({**{k + "0": v for k, v in f.items()}, **{k + "1": v for k, v in b.items()}, "z": z})
+    ref = (selective_scan_ref(**{k: leaves[k + "0"] for k in f}) * 1
+           + selective_scan_ref(**{k: leaves[k + "1"] for k in b}, reverse=True)) * F.silu(leaves["z"])
+    tri = with_grad(as_float(leaves))
+    out = selective_scan_bidirectional_fn(*[(tri[k + "0"], tri[k + "1"]) for k in NAMES], z=tri["z"],
+                                          delta_softplus=True, backend="triton")
+    assert rel_err(out, ref) < 1e-5
+    g_tri, g_ref = grads(out.double(), tri), grads(ref, leaves)
+    for name in g_tri:
+        scale = g_ref[name].norm()
+        assert (rel_err(g_tri[name], g_ref[name]) if scale > 0 else g_tri[name].norm().item()) < 1e-5, name
+
+
+def test_bidirectional_layer_same_on_both_backends():
+    torch.manual_seed(0)
+    layer = SelectiveSSM(8, d_state=4, bidirectional=True, causal=False, backend="torch")
+    x = torch.randn(2, 9, 8)
+    ref = layer(x)
+    g_ref = torch.autograd.grad(ref.sum(), list(layer.parameters()))
+    for direction in layer.directions:
+        direction.backend = "triton"
+    out = layer(x)
+    g = torch.autograd.grad(out.sum(), list(layer.parameters()))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_compile_traces_the_custom_op():
+    """fullgraph: dynamo and AOT autograd go through mambamixer::selective_scan_fwd / _bwd without a break."""
+    a = with_grad(as_float(s6_inputs(length=9, seed=10)))
+    compiled = torch.compile(lambda **k: selective_scan_fn(**k, backend="triton"), backend="aot_eager",
+                             fullgraph=True)
+    out = compiled(**a)
+    ref = selective_scan_fn(**a, backend="torch")
+    torch.testing.assert_close(out, ref)
+    for g, g_ref in zip(grads(out, a).values(), grads(ref, a).values()):
+        torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_no_states_saved_without_grad():
+    a = as_float(s6_inputs(length=9, seed=11))
+    with torch.no_grad():
+        out = selective_scan_fn(**a, backend="triton")
+    assert not out.requires_grad
+    torch.testing.assert_close(out, selective_scan_fn(**a, backend="torch"))
