@@ -131,3 +131,14 @@ def test_no_states_saved_without_grad():
         out = selective_scan_fn(**a, backend="triton")
     assert not out.requires_grad
     torch.testing.assert_close(out, selective_scan_fn(**a, backend="torch"))
+
+
+def test_too_large_for_32_bit_offsets_is_named():
+    """Checked before any launch (meta tensors: no memory)."""
+    batch, dim, length, n = 2**16, 2**10, 2**5, 4
+    meta = dict(device="meta")
+    args = dict(u=torch.empty(batch, dim, length, **meta), delta=torch.empty(batch, dim, length, **meta),
+                A=torch.empty(dim, n, **meta), B=torch.empty(batch, n, length, **meta),
+                C=torch.empty(batch, n, length, **meta))
+    with pytest.raises(ValueError, match=r"u: the Triton kernels take fewer than 2\*\*31 elements"):
+        selective_scan_fn(**args, backend="triton")

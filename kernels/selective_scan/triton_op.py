@@ -9,6 +9,7 @@ launchers without the custom-op dispatch.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -27,7 +28,7 @@ def block_sizes(dim: int, length: int, n: int, dpgs: tuple[int, ...]) -> tuple[i
     for dpg in dpgs:
         block_d = math.gcd(block_d, dpg & -dpg)
     block_n = triton.next_power_of_2(n)
-    return block_d, block_n, 32, 1  # measured best or near it at every benchmark shape (BENCHMARKS.md)
+    return block_d, block_n, 32, 1  # picked from the H100 sweep recorded in BENCHMARKS.md
 
 
 def _direction(u, delta, A, B, C, D, delta_bias):
@@ -52,6 +53,11 @@ def _n_chunks(length, chunk):
     return triton.cdiv(length, chunk)
 
 
+def _device_of(t):
+    """Launch on t's GPU (Triton launches on the current device); nothing to do for CPU tensors."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 def _launch_fwd(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev, z,
                 delta_softplus, reverse, save_states):
     """out (batch, dim, L) in u's dtype, last state (batch, dim, N) float32 (one direction only), and the
@@ -68,12 +74,13 @@ def _launch_fwd(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev
     dir0 = _direction(u, delta, A, B, C, D, delta_bias) + [states[0]]
     dir1 = _direction(u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev) + [states[1]] if bidir else dir0
     gate = [u, 0, 0, 0] if z is None else [z, *z.stride()]
-    s6_fwd_kernel[(triton.cdiv(dim, block_d), batch)](
-        *dir0, *dir1, *gate, out, *out.stride(), last, dim, length, n, chunks,
-        HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
-        REVERSE=reverse, BIDIR=bidir, SAVE_STATES=save_states, BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk,
-        num_warps=warps,
-    )
+    with _device_of(u):
+        s6_fwd_kernel[(triton.cdiv(dim, block_d), batch)](
+            *dir0, *dir1, *gate, out, *out.stride(), last, dim, length, n, chunks,
+            HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
+            REVERSE=reverse, BIDIR=bidir, SAVE_STATES=save_states, BLOCK_D=block_d, BLOCK_N=block_n,
+            CHUNK=chunk, num_warps=warps,
+        )
     return out, last, states[0], states[-1] if bidir else torch.empty(0, device=u.device)
 
 
@@ -143,12 +150,13 @@ def _launch_bwd(dout, states, states_rev, u, delta, A, B, C, D, delta_bias, u_re
     dz = torch.empty(u.shape, dtype=z.dtype, device=u.device) if z is not None else u.new_empty(0)
     gate = [u, 0, 0, 0] if z is None else [z, *z.stride()]
     scratch = torch.empty(batch * programs * chunk * block_d * block_n, dtype=torch.float32, device=u.device)
-    s6_bwd_kernel[(programs, batch)](
-        *dir0, *dir1, *gate, dout, *dout.stride(), dz if z is not None else u, scratch,
-        dim, length, n, _n_chunks(length, chunk),
-        HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
-        REVERSE=reverse, BIDIR=bidir, BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=warps,
-    )
+    with _device_of(u):
+        s6_bwd_kernel[(programs, batch)](
+            *dir0, *dir1, *gate, dout, *dout.stride(), dz if z is not None else u, scratch,
+            dim, length, n, _n_chunks(length, chunk),
+            HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
+            REVERSE=reverse, BIDIR=bidir, BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=warps,
+        )
     grads = _finish_grads(g0, B, C, A, D, delta_bias)
     if bidir:
         grads += _finish_grads(g1, B_rev, C_rev, A_rev, D_rev, delta_bias_rev)
@@ -225,6 +233,13 @@ class _EagerScan(torch.autograd.Function):
 
 def _scan(*inputs):
     """The custom op while torch.compile traces, the autograd Function otherwise."""
+    u, A = inputs[0], inputs[2]
+    batch, dim, length = u.shape
+    # The kernels index with 32-bit offsets: the largest buffers are u-sized and the backward's scratch.
+    if max(u.numel(), batch * dim * 32 * triton.next_power_of_2(A.shape[1])) >= 2**31:
+        raise ValueError(f"u: the Triton kernels take fewer than 2**31 elements per tensor (and batch * dim * 32 * N "
+                         f"below it), got shape {tuple(u.shape)} with N={A.shape[1]}; split the batch or use "
+                         "backend='torch'")
     if torch.compiler.is_compiling():
         return selective_scan_fwd(*inputs)
     return _EagerScan.apply(*inputs)
