@@ -134,9 +134,9 @@ def fwd_bwd(fn, args, dout):
 def floor_bytes(batch, dim, length, n, elt=2):
     """Inputs read once and outputs written once: u, delta, z, B, C in, out out (fwd); plus dout in and
     du, ddelta, dz, dB, dC out (bwd)."""
-    fwd = (4 * batch * dim * length + 2 * batch * n * length) * elt
-    bwd = (4 * batch * dim * length + 2 * batch * n * length) * elt + (4 * batch * dim * length
-                                                                       + 2 * batch * n * length) * elt
+    seq, bc = batch * dim * length, batch * n * length
+    fwd = (4 * seq + 2 * bc) * elt  # 3 (batch, dim, L) + B, C read; out written
+    bwd = (4 * seq + 2 * bc) * elt + (3 * seq + 2 * bc) * elt  # u, delta, z, dout, B, C read; 5 gradients written
     return fwd, fwd + bwd
 
 

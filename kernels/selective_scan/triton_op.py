@@ -190,12 +190,6 @@ def _(dout, states, states_rev, u, delta, A, B, C, D, delta_bias, u_rev, delta_r
                               delta_bias_rev, z)]
 
 
-def _check_states(states):
-    if states.numel() == 0:
-        raise RuntimeError("selective_scan: the forward ran without saving states for backward "
-                           "(its inputs did not require grad when it ran)")
-
-
 def _setup_context(ctx, inputs, output):
     *tensors, delta_softplus, reverse, _ = inputs
     ctx.save_for_backward(*tensors, output[2], output[3])
@@ -203,11 +197,18 @@ def _setup_context(ctx, inputs, output):
     ctx.delta_softplus, ctx.reverse = delta_softplus, reverse
 
 
-def _backward(ctx, dout, _dlast, _dstates, _dstates_rev):
+def _gradients(ctx, dout, backward_op):
+    """The inputs' gradients (None for absent inputs and the three flags) through `backward_op`."""
     *tensors, states, states_rev = ctx.saved_tensors
-    _check_states(states)
-    grads = selective_scan_bwd(dout, states, states_rev, *tensors, ctx.delta_softplus, ctx.reverse)
+    if states.numel() == 0:
+        raise RuntimeError("selective_scan: the forward ran without saving states for backward "
+                           "(its inputs did not require grad when it ran)")
+    grads = backward_op(dout, states, states_rev, *tensors, ctx.delta_softplus, ctx.reverse)
     return (*[g if present else None for g, present in zip(grads, ctx.present)], None, None, None)
+
+
+def _backward(ctx, dout, _dlast, _dstates, _dstates_rev):
+    return _gradients(ctx, dout, selective_scan_bwd)
 
 
 selective_scan_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -225,10 +226,7 @@ class _EagerScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, _dlast, _dstates, _dstates_rev):
-        *tensors, states, states_rev = ctx.saved_tensors
-        _check_states(states)
-        grads = _launch_bwd(dout, states, states_rev, *tensors, ctx.delta_softplus, ctx.reverse)
-        return (*[g if present else None for g, present in zip(grads, ctx.present)], None, None, None)
+        return _gradients(ctx, dout, _launch_bwd)
 
 
 def _scan(*inputs):
