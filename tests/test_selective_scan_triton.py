@@ -53,6 +53,15 @@ def test_many_chunks_and_part_filled_programs(small_blocks, reverse):
     check_against_reference(s6_inputs(dim=5, n=5, length=129, seed=3), reverse=reverse)
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+def test_batch_split_across_launches(monkeypatch, reverse):
+    """Batches past the grid's 65535 rows, or whose backward scratch would exceed the budget, run as
+    slices of rows, one launch each: here 2 rows per forward launch and 1 per backward launch."""
+    monkeypatch.setattr(triton_op, "MAX_GRID_Y", 2)
+    monkeypatch.setattr(triton_op, "SCRATCH_FLOATS", 1)
+    check_against_reference(s6_inputs(batch=3, length=37, groups=2, seed=12), reverse=reverse)
+
+
 def test_without_optional_arguments():
     check_against_reference(s6_inputs(length=33, full=False, seed=4))
 
@@ -80,8 +89,10 @@ def test_low_precision_inputs(dtype, tol):
     assert out.dtype == dtype and torch.isfinite(out).all() and rel_err(out, ref) < tol
 
 
-@pytest.mark.parametrize("length", [1, 30])
-def test_fused_bidirectional_matches_two_scans(length):
+@pytest.mark.parametrize("length,split", [(1, False), (30, False), (30, True)])
+def test_fused_bidirectional_matches_two_scans(monkeypatch, length, split):
+    if split:  # one batch row per launch
+        monkeypatch.setattr(triton_op, "MAX_GRID_Y", 1)
     f, b = s6_inputs(length=length, groups=2, seed=8), s6_inputs(length=length, seed=9)
     z = f.pop("z")
     b.pop("z")

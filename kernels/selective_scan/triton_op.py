@@ -31,14 +31,32 @@ def block_sizes(dim: int, length: int, n: int, dpgs: tuple[int, ...]) -> tuple[i
     return block_d, block_n, 32, 1  # picked from the H100 sweep recorded in BENCHMARKS.md
 
 
-def _direction(u, delta, A, B, C, D, delta_bias):
-    """Kernel arguments of one direction: tensors with their strides, B and C as (batch, G, N, L) views."""
+def _direction(rows, u, delta, A, B, C, D, delta_bias):
+    """Kernel arguments of one direction for the batch rows `rows`: tensors with their strides, B and C as
+    (batch, G, N, L) views."""
     dim = u.shape[1]
-    B4 = B if B.dim() == 4 else B.unsqueeze(1)
-    C4 = C if C.dim() == 4 else C.unsqueeze(1)
+    u, delta = u[rows], delta[rows]
+    B4 = (B if B.dim() == 4 else B.unsqueeze(1))[rows]
+    C4 = (C if C.dim() == 4 else C.unsqueeze(1))[rows]
     return [u, *u.stride(), delta, *delta.stride(), A, *A.stride(),
             B4, *B4.stride(), dim // B4.shape[1], C4, *C4.stride(), dim // C4.shape[1],
             u if D is None else D, u if delta_bias is None else delta_bias]
+
+
+# Rows of the batch per launch: the grid's second axis takes at most 65535, and the backward's scratch
+# (CHUNK * BLOCK_D * BLOCK_N floats per program) is kept under SCRATCH_FLOATS by launching slices of rows.
+MAX_GRID_Y = 65535
+SCRATCH_FLOATS = 2**26
+
+
+def _row_slices(batch: int, rows_per_launch: int) -> list[slice]:
+    step = max(1, min(rows_per_launch, MAX_GRID_Y))
+    return [slice(start, min(start + step, batch)) for start in range(0, batch, step)]
+
+
+def _rows(t, rows):
+    """t[rows] for a batch-major buffer; empty placeholders pass through."""
+    return t[rows] if t.numel() else t
 
 
 def _groups(B):
@@ -71,16 +89,19 @@ def _launch_fwd(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev
     last = torch.empty(batch, dim, n, dtype=torch.float32, device=u.device)
     states_shape = (batch, dim, chunks, n) if save_states else (0,)
     states = [torch.empty(states_shape, dtype=torch.float32, device=u.device) for _ in range(1 + bidir)]
-    dir0 = _direction(u, delta, A, B, C, D, delta_bias) + [states[0]]
-    dir1 = _direction(u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev) + [states[1]] if bidir else dir0
-    gate = [u, 0, 0, 0] if z is None else [z, *z.stride()]
-    with _device_of(u):
-        s6_fwd_kernel[(triton.cdiv(dim, block_d), batch)](
-            *dir0, *dir1, *gate, out, *out.stride(), last, dim, length, n, chunks,
-            HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
-            REVERSE=reverse, BIDIR=bidir, SAVE_STATES=save_states, BLOCK_D=block_d, BLOCK_N=block_n,
-            CHUNK=chunk, num_warps=warps,
-        )
+    for rows in _row_slices(batch, MAX_GRID_Y):
+        dir0 = _direction(rows, u, delta, A, B, C, D, delta_bias) + [_rows(states[0], rows)]
+        dir1 = _direction(rows, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev) \
+            + [_rows(states[1], rows)] if bidir else dir0
+        gate = [u, 0, 0, 0] if z is None else [z[rows], *z.stride()]
+        o = out[rows]
+        with _device_of(u):
+            s6_fwd_kernel[(triton.cdiv(dim, block_d), o.shape[0])](
+                *dir0, *dir1, *gate, o, *o.stride(), last[rows], dim, length, n, chunks,
+                HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
+                REVERSE=reverse, BIDIR=bidir, SAVE_STATES=save_states, BLOCK_D=block_d, BLOCK_N=block_n,
+                CHUNK=chunk, num_warps=warps,
+            )
     return out, last, states[0], states[-1] if bidir else torch.empty(0, device=u.device)
 
 
@@ -144,19 +165,27 @@ def _launch_bwd(dout, states, states_rev, u, delta, A, B, C, D, delta_bias, u_re
     programs = triton.cdiv(dim, block_d)
     g0 = _grad_buffers(u, delta, A, B, C, D, delta_bias)
     g1 = _grad_buffers(u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev) if bidir else g0
-    dir0 = _direction(u, delta, A, B, C, D, delta_bias) + [states] + g0
-    dir1 = _direction(u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev) + [states_rev] + g1 if bidir \
-        else dir0
     dz = torch.empty(u.shape, dtype=z.dtype, device=u.device) if z is not None else u.new_empty(0)
-    gate = [u, 0, 0, 0] if z is None else [z, *z.stride()]
-    scratch = torch.empty(batch * programs * chunk * block_d * block_n, dtype=torch.float32, device=u.device)
-    with _device_of(u):
-        s6_bwd_kernel[(programs, batch)](
-            *dir0, *dir1, *gate, dout, *dout.stride(), dz if z is not None else u, scratch,
-            dim, length, n, _n_chunks(length, chunk),
-            HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
-            REVERSE=reverse, BIDIR=bidir, BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=warps,
-        )
+    per_row = programs * chunk * block_d * block_n
+    slices = _row_slices(batch, SCRATCH_FLOATS // per_row)
+    scratch = torch.empty((slices[0].stop - slices[0].start) * per_row, dtype=torch.float32, device=u.device)
+
+    def grads(buffers, rows):  # dB_g / dC_g are group counts, not buffers
+        return [b if isinstance(b, int) else b[rows] for b in buffers]
+
+    for rows in slices:
+        dir0 = _direction(rows, u, delta, A, B, C, D, delta_bias) + [states[rows]] + grads(g0, rows)
+        dir1 = _direction(rows, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev) \
+            + [states_rev[rows]] + grads(g1, rows) if bidir else dir0
+        gate = [u, 0, 0, 0] if z is None else [z[rows], *z.stride()]
+        do = dout[rows]
+        with _device_of(u):
+            s6_bwd_kernel[(programs, do.shape[0])](
+                *dir0, *dir1, *gate, do, *do.stride(), dz[rows] if z is not None else u, scratch,
+                dim, length, n, _n_chunks(length, chunk),
+                HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
+                REVERSE=reverse, BIDIR=bidir, BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=warps,
+            )
     grads = _finish_grads(g0, B, C, A, D, delta_bias)
     if bidir:
         grads += _finish_grads(g1, B_rev, C_rev, A_rev, D_rev, delta_bias_rev)
@@ -233,9 +262,9 @@ def _scan(*inputs):
     """The custom op while torch.compile traces, the autograd Function otherwise."""
     u, A = inputs[0], inputs[2]
     batch, dim, length = u.shape
-    # The kernels index with 32-bit offsets: the largest buffers are u-sized and the backward's scratch.
-    if max(u.numel(), batch * dim * 32 * triton.next_power_of_2(A.shape[1])) >= 2**31:
-        raise ValueError(f"u: the Triton kernels take fewer than 2**31 elements per tensor (and batch * dim * 32 * N "
+    # The kernels index with 32-bit offsets: the largest buffers are u-sized and one batch row's scratch.
+    if max(u.numel(), dim * 32 * triton.next_power_of_2(A.shape[1])) >= 2**31:
+        raise ValueError(f"u: the Triton kernels take fewer than 2**31 elements per tensor (and dim * 32 * N "
                          f"below it), got shape {tuple(u.shape)} with N={A.shape[1]}; split the batch or use "
                          "backend='torch'")
     if torch.compiler.is_compiling():
