@@ -2,8 +2,10 @@
 
 from .axis import AlongAxis
 from .block import MambaMixer, MambaMixerBlock
+from .channel_wise import ChannelWiseSelectiveMixer
+from .cross_scan import CrossScanSSM
 from .mixers import SelectiveChannelMixer, SelectiveTokenMixer
 from .selective_ssm import SelectiveSSM
 
 __all__ = ["AlongAxis", "SelectiveSSM", "SelectiveTokenMixer", "SelectiveChannelMixer", "MambaMixerBlock",
-           "MambaMixer"]
+           "MambaMixer", "CrossScanSSM", "ChannelWiseSelectiveMixer"]

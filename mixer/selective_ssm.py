@@ -24,10 +24,20 @@ def _inverse_softplus_dt(size: int, dt_min: float, dt_max: float, dt_init_floor:
     return dt + torch.log(-torch.expm1(-dt))
 
 
+def check_ssd_heads(d_inner: int, headdim: int, ngroups: int) -> int:
+    """The SSD head size min(headdim, d_inner), checked to split d_inner into heads divisible by ngroups."""
+    headdim = min(headdim, d_inner)
+    if d_inner % headdim or (d_inner // headdim) % ngroups:
+        raise ValueError(f"headdim: must divide d_inner={d_inner} into heads divisible by ngroups={ngroups}, "
+                         f"got headdim={headdim}")
+    return headdim
+
+
 class _ScanDirection(nn.Module):
     """One scan direction: depthwise conv1d -> SiLU -> selective scan, with its own projections, A and D.
 
-    x, z: (batch, d_inner, L) -> (batch, d_inner, L), gated by silu(z) inside the scan op.
+    x, z: (batch, d_inner, L) -> (batch, d_inner, L), gated by silu(z) inside the scan op. d_conv=0: no conv
+    and no SiLU here (the caller has already convolved and activated x, as ViM2's 2-D conv does).
     """
 
     def __init__(self, d_inner, d_state, d_conv, dt_rank, ssm, headdim, ngroups, chunk_size, causal,
@@ -42,7 +52,7 @@ class _ScanDirection(nn.Module):
         else:
             left = (d_conv - 1) // 2
             self.padding = (d_conv - 1 - left, left) if reverse else (left, d_conv - 1 - left)
-        self.conv1d = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, bias=conv_bias)
+        self.conv1d = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, bias=conv_bias) if d_conv else None
         if ssm == "s6":
             self.dt_rank = dt_rank
             self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
@@ -65,9 +75,13 @@ class _ScanDirection(nn.Module):
         for p in (self.A_log, self.D, self.dt_proj.bias if ssm == "s6" else self.dt_bias):
             p._no_weight_decay = True  # as in Mamba: the SSM's own parameters are not decayed
 
+    def activate(self, x: torch.Tensor) -> torch.Tensor:
+        """SiLU(conv1d(x)) along L, or x itself without a conv."""
+        return x if self.conv1d is None else F.silu(self.conv1d(F.pad(x, self.padding)))
+
     def s6_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """x (batch, d_inner, L) -> the S6 scan's (u, delta, A, B, C, D, delta_bias), softplus to be applied."""
-        u = F.silu(self.conv1d(F.pad(x, self.padding)))
+        u = self.activate(x)
         dt, B, C = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)
         return (u, delta, -torch.exp(self.A_log.float()), B.transpose(1, 2), C.transpose(1, 2), self.D.float(),
@@ -78,7 +92,7 @@ class _ScanDirection(nn.Module):
             u, delta, A, B, C, D, bias = self.s6_inputs(x)
             return selective_scan_fn(u, delta, A, B, C, D, z, bias, True, reverse=self.reverse, backend=self.backend)
         batch, _, length = x.shape
-        x = F.silu(self.conv1d(F.pad(x, self.padding)))
+        x = self.activate(x)
         params = self.x_proj(x.transpose(1, 2))  # (batch, L, *)
         A = -torch.exp(self.A_log.float())
         gn = self.ngroups * self.d_state
@@ -149,10 +163,7 @@ class SelectiveSSM(nn.Module):
         if d_model < 1 or d_inner < 1:
             raise ValueError(f"d_model: expected a positive size (with expand={expand}), got {d_model}")
         if ssm == "ssd":
-            headdim = min(headdim, d_inner)
-            if d_inner % headdim or (d_inner // headdim) % ngroups:
-                raise ValueError(f"headdim: must divide d_inner={d_inner} into heads divisible by ngroups={ngroups}, "
-                                 f"got headdim={headdim}")
+            headdim = check_ssd_heads(d_inner, headdim, ngroups)
         self.d_model, self.d_inner, self.bidirectional = d_model, d_inner, bidirectional
         dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=bias)

@@ -62,6 +62,22 @@ def test_batch_split_across_launches(monkeypatch, reverse):
     check_against_reference(s6_inputs(batch=3, length=37, groups=2, seed=12), reverse=reverse)
 
 
+def test_batch_split_keeps_offsets_within_32_bits(monkeypatch):
+    """B as a view of a wide projection spans more than its elements: rows are launched so that no offset
+    from a slice's base passes the limit (here 3 rows of 600-element strides under a 1000 limit)."""
+    monkeypatch.setattr(triton_op, "MAX_OFFSET", 1000)
+    a = s6_inputs(batch=3, length=37, n=3, seed=13)
+    f = as_float(a)
+    wide = torch.zeros(3, 37, 16)  # (batch, L, 16): B is a (batch, N, L) view of it, 592 elements per row
+    wide[..., :3] = f["B"].transpose(1, 2)
+    f["B"] = wide[..., :3].transpose(1, 2)
+    assert triton_op._rows_for_32bit([f["u"], f["B"]]) == 1
+    assert rel_err(selective_scan_fn(**f, backend="triton"), selective_scan_ref(**a)) < 1e-5
+    monkeypatch.setattr(triton_op, "MAX_OFFSET", 100)
+    with pytest.raises(ValueError, match="one batch row of the scan's inputs spans"):
+        selective_scan_fn(**f, backend="triton")
+
+
 def test_without_optional_arguments():
     check_against_reference(s6_inputs(length=33, full=False, seed=4))
 

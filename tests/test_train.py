@@ -13,7 +13,7 @@ from omegaconf import OmegaConf, open_dict
 from mambamixer.tasks.config_check import check_config
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml") if not p.stem.startswith("vim2"))
 # Small and quick: the protocol's code paths on short windows and a few batches.
 TINY = ["data.seq_len=64", "data.pred_len=16", "model.d_model=8", "trainer.limit_train_batches=3",
         "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "data.batch_size=8", "data.eval_batch_size=64"]

@@ -43,10 +43,24 @@ def _direction(rows, u, delta, A, B, C, D, delta_bias):
             u if D is None else D, u if delta_bias is None else delta_bias]
 
 
-# Rows of the batch per launch: the grid's second axis takes at most 65535, and the backward's scratch
-# (CHUNK * BLOCK_D * BLOCK_N floats per program) is kept under SCRATCH_FLOATS by launching slices of rows.
+# Rows of the batch per launch: the grid's second axis takes at most 65535, the backward's scratch
+# (CHUNK * BLOCK_D * BLOCK_N floats per program) is kept under SCRATCH_FLOATS, and every offset from a
+# slice's base pointer stays at most MAX_OFFSET (the kernels index with 32-bit integers).
 MAX_GRID_Y = 65535
 SCRATCH_FLOATS = 2**26
+MAX_OFFSET = 2**31 - 1
+
+
+def _rows_for_32bit(tensors) -> int:
+    """Batch rows per launch keeping every offset the kernels compute from a base pointer below 2**31 (a
+    view such as B from a wide projection can span far more than its own element count)."""
+    tensors = [t for t in tensors if t is not None and t.numel()]
+    stride = max(t.stride(0) for t in tensors)
+    extent = max(1 + sum((n - 1) * st for n, st in zip(t.shape[1:], t.stride()[1:])) for t in tensors)
+    if extent > MAX_OFFSET:
+        raise ValueError(f"u: one batch row of the scan's inputs spans {extent} elements; the Triton kernels take "
+                         "fewer than 2**31 per row; use backend='torch'")
+    return (MAX_OFFSET - extent) // stride + 1
 
 
 def _row_slices(batch: int, rows_per_launch: int) -> list[slice]:
@@ -89,7 +103,8 @@ def _launch_fwd(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev
     last = torch.empty(batch, dim, n, dtype=torch.float32, device=u.device)
     states_shape = (batch, dim, chunks, n) if save_states else (0,)
     states = [torch.empty(states_shape, dtype=torch.float32, device=u.device) for _ in range(1 + bidir)]
-    for rows in _row_slices(batch, MAX_GRID_Y):
+    tensors = [u, delta, B, C, u_rev, delta_rev, B_rev, C_rev, z, out, *states]
+    for rows in _row_slices(batch, _rows_for_32bit(tensors)):
         dir0 = _direction(rows, u, delta, A, B, C, D, delta_bias) + [_rows(states[0], rows)]
         dir1 = _direction(rows, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev) \
             + [_rows(states[1], rows)] if bidir else dir0
@@ -167,7 +182,9 @@ def _launch_bwd(dout, states, states_rev, u, delta, A, B, C, D, delta_bias, u_re
     g1 = _grad_buffers(u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev) if bidir else g0
     dz = torch.empty(u.shape, dtype=z.dtype, device=u.device) if z is not None else u.new_empty(0)
     per_row = programs * chunk * block_d * block_n
-    slices = _row_slices(batch, SCRATCH_FLOATS // per_row)
+    tensors = [dout, states, states_rev, u, delta, B, C, u_rev, delta_rev, B_rev, C_rev, z, dz,
+               *[b for b in g0 + g1 if not isinstance(b, int)]]
+    slices = _row_slices(batch, min(SCRATCH_FLOATS // per_row, _rows_for_32bit(tensors)))
     scratch = torch.empty((slices[0].stop - slices[0].start) * per_row, dtype=torch.float32, device=u.device)
 
     def grads(buffers, rows):  # dB_g / dC_g are group counts, not buffers

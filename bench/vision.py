@@ -1,0 +1,152 @@
+"""ViM2 image benchmarks on one GPU: throughput next to timm's references, and digits accuracy by train.py.
+
+    python bench/vision.py throughput --out DIR [--models vim2_tiny,...] [--sizes 224,512] [--batch 256]
+    python bench/vision.py digits --out DIR [-- extra train.py overrides]
+
+throughput: bf16 autocast, channels-last inputs, in one process: training img/s (forward, backward, AdamW
+step) and inference img/s (forward under no_grad) from CUDA-event timing after warmup, and the peak GPU
+memory of the training loop. A model that does not fit at the batch is retried at half the batch (the
+table says which batch ran). Writes DIR/vision_throughput.json.
+digits: `python train.py experiment=vim2_digits trainer=gpu` for ViM2 (the experiment's small config and
+vim2_tiny's sizes) and timm's DeiT-Tiny (patch 4 at 32 px) and ResNet-18 with the same data, recipe and
+epochs, one after another. Writes DIR/vision_digits.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCES = ["deit_tiny_patch16_224", "deit_small_patch16_224", "convnext_tiny"]
+
+
+def build(name: str, size: int):
+    import timm
+
+    import mambamixer  # noqa: F401  (registers ViM2)
+
+    kwargs = {"img_size": size} if name.startswith("deit") else {}
+    return timm.create_model(name, **kwargs).cuda().to(memory_format=torch.channels_last)
+
+
+def timed(fn, warmup: int, iters: int) -> float:
+    """Seconds per call of fn after `warmup` calls, from CUDA events."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1e3 / iters
+
+
+def measure(name: str, size: int, batch: int, warmup: int, iters: int) -> dict:
+    model = build(name, size)
+    x = torch.randn(batch, 3, size, size, device="cuda").to(memory_format=torch.channels_last)
+    y = torch.randint(1000, (batch,), device="cuda")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def train_step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def infer():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            model(x)
+
+    model.train()
+    torch.cuda.reset_peak_memory_stats()
+    train_s = timed(train_step, warmup, iters)
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    model.eval()
+    infer_s = timed(infer, warmup, iters)
+    params = sum(p.numel() for p in model.parameters())
+    return {"model": name, "img_size": size, "batch": batch, "params_m": round(params / 1e6, 2),
+            "train_img_s": round(batch / train_s, 1), "infer_img_s": round(batch / infer_s, 1),
+            "train_peak_gib": round(peak, 2)}
+
+
+def throughput(args) -> list[dict]:
+    rows = []
+    for size in args.sizes:
+        for name in args.models:
+            batch = args.batch
+            while True:
+                try:
+                    row = measure(name, size, batch, args.warmup, args.iters)
+                    break
+                except torch.OutOfMemoryError:
+                    torch.cuda.empty_cache()
+                    batch //= 2
+                    if batch < 8:
+                        row = {"model": name, "img_size": size, "error": "out of memory at batch 8"}
+                        break
+            torch.cuda.empty_cache()
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+DIGITS_RUNS = {
+    "vim2_digits (ViM2, experiment config)": [],
+    "vim2_tiny sizes": ["~model.dims", "~model.depths"],
+    "deit_tiny (patch 4)": ["model.model_name=deit_tiny_patch16_224", "~model.dims", "~model.depths",
+                            "+model.img_size=32", "+model.patch_size=4"],
+    "resnet18": ["model.model_name=resnet18", "~model.dims", "~model.depths"],
+}
+
+
+def digits(args) -> list[dict]:
+    rows = []
+    for label, overrides in DIGITS_RUNS.items():
+        run_dir = args.out / "digits" / label.split()[0]
+        cmd = ["train.py", "experiment=vim2_digits", "trainer=gpu", *overrides, *args.overrides,
+               f"hydra.run.dir={run_dir}"]
+        start = time.time()
+        result = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True)
+        row = {"run": label, "command": "python " + " ".join(cmd[:-1]), "returncode": result.returncode,
+               "wall_time_s": round(time.time() - start, 1)}
+        if result.returncode == 0:
+            row.update(json.loads((run_dir / "metrics.json").read_text()))
+        else:
+            row["error"] = (result.stdout + result.stderr)[-3000:]
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "error"}), row.get("error", "")[-1500:], flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["throughput", "digits"])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--models", type=lambda s: s.split(","), default=["vim2_tiny", "vim2_small", *REFERENCES])
+    parser.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=[224, 512])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = throughput(args) if args.what == "throughput" else digits(args)
+    meta = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+            "torch": torch.__version__}
+    (args.out / f"vision_{args.what}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""`ChannelWiseSelectiveMixer`: ViM2's selective channel mixer, each token's channels scanned as a sequence."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from ..kernels import selective_scan_bidirectional_fn
+from .selective_ssm import _ScanDirection
+
+
+class ChannelWiseSelectiveMixer(nn.Module):
+    """Bidirectional selective mixer along the channels of every token: (batch, *tokens, dim) -> same shape.
+
+    ViM2's "CW-Linear -> CW-S6 -> CW-Linear" (MambaMixer, arXiv 2403.19888): the `dim` channels of each
+    token form the sequence. A channel-wise linear map (its own weights per channel) lifts each channel's
+    value to `expand` features for the scan and `expand` for the gate z; per direction a causal depthwise
+    conv1d along the channels, SiLU and an S6 scan with its own x/dt projections, A and D, one direction
+    from the first channel to the last and one back; their sum is gated by silu(z), and a channel-wise
+    linear map takes each channel's features back to one value. Parameters grow with `dim` only, so any
+    number of tokens (any image size) works.
+
+    The tokens of a batch row are scanned together as `tokens * expand` channels whose B and C are grouped
+    per token, so one kernel launch covers them (no batch of millions of one-token rows).
+    """
+
+    def __init__(self, dim: int, expand: int = 2, d_state: int = 16, d_conv: int = 4, ssm: str = "s6",
+                 chunk_size: int = 64, dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4,
+                 backend: str = "auto"):
+        super().__init__()
+        if ssm not in ("s6", "ssd"):
+            raise ValueError(f"ssm: expected 's6' or 'ssd', got {ssm!r}")
+        if dim < 1 or expand < 1:
+            raise ValueError(f"dim, expand: expected positive ints, got {dim}, {expand}")
+        self.dim, self.expand, self.ssm = dim, expand, ssm
+        # Channel-wise linear maps, initialised as nn.Linear(1, 2 * expand) and nn.Linear(expand, 1) per channel.
+        self.in_weight = nn.Parameter(torch.empty(dim, 2 * expand).uniform_(-1, 1))
+        self.in_bias = nn.Parameter(torch.empty(dim, 2 * expand).uniform_(-1, 1))
+        bound = 1 / math.sqrt(expand)
+        self.out_weight = nn.Parameter(torch.empty(dim, expand).uniform_(-bound, bound))
+        self.out_bias = nn.Parameter(torch.empty(dim).uniform_(-bound, bound))
+        self.directions = nn.ModuleList(
+            _ScanDirection(expand, d_state, d_conv, 1, ssm, expand, 1, chunk_size, True, reverse, True, dt_min,
+                           dt_max, dt_init_floor, backend)
+            for reverse in (False, True)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2 or x.shape[-1] != self.dim:
+            raise ValueError(f"x: expected shape (batch, ..., dim={self.dim}), got {tuple(x.shape)}")
+        batch, e = x.shape[0], self.expand
+        h = x.reshape(batch, -1, self.dim)  # (batch, tokens, dim)
+        tokens = h.shape[1]
+        xz = h[..., None] * self.in_weight + self.in_bias  # (batch, tokens, dim, 2e)
+        # (batch * tokens, e, dim): every token a sequence over its channels
+        u, z = xz.permute(0, 1, 3, 2).reshape(batch * tokens, 2 * e, self.dim).chunk(2, dim=1)
+        if self.ssm == "s6":
+            pair = [list(direction.s6_inputs(u)) for direction in self.directions]
+            for p in pair:  # tokens folded into channels, B and C grouped per token
+                p[0], p[1] = p[0].reshape(batch, tokens * e, self.dim), p[1].reshape(batch, tokens * e, self.dim)
+                p[2], p[5], p[6] = p[2].repeat(tokens, 1), p[5].repeat(tokens), p[6].repeat(tokens)
+                p[3], p[4] = (t.reshape(batch, tokens, -1, self.dim) for t in p[3:5])
+            y = selective_scan_bidirectional_fn(*zip(*pair), z=z.reshape(batch, tokens * e, self.dim),
+                                                delta_softplus=True, backend=self.directions[0].backend)
+        else:
+            y = sum(direction(u, z) for direction in self.directions)
+        y = y.reshape(batch, tokens, e, self.dim)
+        out = (y * self.out_weight.T.to(y.dtype)).sum(2) + self.out_bias.to(y.dtype)
+        return out.reshape(x.shape)

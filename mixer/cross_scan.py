@@ -1,0 +1,68 @@
+"""`CrossScanSSM`: ViM2's selective token mixer on a 2-D grid of tokens (VMamba's cross-scan)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..kernels import selective_scan_bidirectional_fn
+from .selective_ssm import _ScanDirection, check_ssd_heads
+
+
+class CrossScanSSM(nn.Module):
+    """Selective token mixer over an image's tokens: (batch, H, W, dim) -> (batch, H, W, dim).
+
+    As ViM2 (MambaMixer, arXiv 2403.19888) builds it: Linear dim -> 2 * d_inner for x and the gate z
+    (d_inner = expand * dim); x through a depthwise `d_conv` x `d_conv` conv and SiLU; four S6 scans, each
+    with its own x/dt projections, A and D, over the tokens in row-major order forwards and backwards and in
+    column-major order forwards and backwards (VMamba's cross-scan); their outputs, put back on the grid,
+    are added, gated by silu(z) and projected back to dim. With ssm="s6" each order's two directions run as
+    one fused bidirectional scan; ssm="ssd" uses Mamba-2 scalar-A heads of `headdim` channels.
+    Initialisation as `SelectiveSSM`. Any H and W.
+    """
+
+    def __init__(self, dim: int, d_state: int = 16, expand: float = 2, d_conv: int = 3, dt_rank: int | str = "auto",
+                 ssm: str = "s6", headdim: int = 64, ngroups: int = 1, chunk_size: int = 64, bias: bool = False,
+                 conv_bias: bool = True, dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4,
+                 backend: str = "auto"):
+        super().__init__()
+        if ssm not in ("s6", "ssd"):
+            raise ValueError(f"ssm: expected 's6' or 'ssd', got {ssm!r}")
+        if d_conv < 1 or d_conv % 2 == 0:
+            raise ValueError(f"d_conv: expected an odd kernel size (a centred window), got {d_conv}")
+        d_inner = int(expand * dim)
+        if dim < 1 or d_inner < 1:
+            raise ValueError(f"dim: expected a positive size (with expand={expand}), got {dim}")
+        headdim = check_ssd_heads(d_inner, headdim, ngroups) if ssm == "ssd" else headdim
+        self.dim, self.d_inner, self.ssm = dim, d_inner, ssm
+        dt_rank = math.ceil(dim / 16) if dt_rank == "auto" else dt_rank
+        self.in_proj = nn.Linear(dim, 2 * d_inner, bias=bias)
+        self.conv2d = nn.Conv2d(d_inner, d_inner, d_conv, padding=d_conv // 2, groups=d_inner, bias=conv_bias)
+        # Row-major forwards, backwards; column-major forwards, backwards.
+        self.directions = nn.ModuleList(
+            _ScanDirection(d_inner, d_state, 0, dt_rank, ssm, headdim, ngroups, chunk_size, False, reverse,
+                           conv_bias, dt_min, dt_max, dt_init_floor, backend)
+            for _ in range(2) for reverse in (False, True)
+        )
+        self.out_proj = nn.Linear(d_inner, dim, bias=bias)
+
+    def _scan_pair(self, pair, u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Both directions over u, z (batch, d_inner, L): silu(z) * (forward scan + backward scan)."""
+        if self.ssm == "s6":
+            fwd, bwd = (direction.s6_inputs(u) for direction in pair)
+            return selective_scan_bidirectional_fn(*zip(fwd, bwd), z=z, delta_softplus=True, backend=pair[0].backend)
+        return pair[0](u, z) + pair[1](u, z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[-1] != self.dim:
+            raise ValueError(f"x: expected shape (batch, H, W, dim={self.dim}), got {tuple(x.shape)}")
+        batch, height, width, _ = x.shape
+        u, z = self.in_proj(x).permute(0, 3, 1, 2).chunk(2, dim=1)  # each (batch, d_inner, H, W)
+        u = F.silu(self.conv2d(u))
+        rows = self._scan_pair(self.directions[:2], u.flatten(2), z.flatten(2))
+        cols = self._scan_pair(self.directions[2:], u.transpose(2, 3).flatten(2), z.transpose(2, 3).flatten(2))
+        y = rows.view(batch, -1, height, width) + cols.view(batch, -1, width, height).transpose(2, 3)
+        return self.out_proj(y.permute(0, 2, 3, 1))

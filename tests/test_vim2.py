@@ -1,0 +1,150 @@
+"""ViM2: its two mixers against plain float64 reference scans, every registered model, timm's API, bad input."""
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import mambamixer  # noqa: F401  (registers the ViM2 models)
+from mambamixer.kernels import selective_scan_ref
+from mambamixer.mixer import ChannelWiseSelectiveMixer, CrossScanSSM
+from mambamixer.tasks.vision.vim2 import ViM2
+
+# Exact parameter counts of our models, and the paper's figures they are compared with.
+PARAMS = {"vim2_tiny": (19_346_044, 20e6), "vim2_small": (33_740_176, 43e6), "vim2_base": (57_886_896, 74e6)}
+
+
+def reference_scan(direction, u, z, reverse):
+    """One S6 direction by the float64 recurrence on (batch, d, L) inputs; reverse = flip, scan, flip back."""
+    uu, delta, A, B, C, D, bias = direction.s6_inputs(u)
+    if reverse:
+        uu, delta, B, C, z = (t.flip(-1) for t in (uu, delta, B, C, z))
+    y = selective_scan_ref(uu, delta, A, B, C, D, z, bias, delta_softplus=True)
+    return y.flip(-1) if reverse else y
+
+
+def test_cross_scan_is_four_scans_over_rows_and_columns():
+    torch.manual_seed(0)
+    layer = CrossScanSSM(4, d_state=3, backend="torch").double()
+    x = torch.randn(2, 3, 5, 4, dtype=torch.float64)
+    u, z = layer.in_proj(x).permute(0, 3, 1, 2).chunk(2, dim=1)
+    u = F.silu(layer.conv2d(u))
+    d = layer.directions
+    rows = [reference_scan(d[k], u.flatten(2), z.flatten(2), reverse=k == 1) for k in (0, 1)]
+    ut, zt = u.transpose(2, 3).flatten(2), z.transpose(2, 3).flatten(2)
+    cols = [reference_scan(d[k], ut, zt, reverse=k == 3) for k in (2, 3)]
+    y = sum(rows).view(2, -1, 3, 5) + sum(cols).view(2, -1, 5, 3).transpose(2, 3)
+    torch.testing.assert_close(layer(x), layer.out_proj(y.permute(0, 2, 3, 1)))
+
+
+def test_channel_mixer_is_two_scans_along_each_tokens_channels():
+    torch.manual_seed(1)
+    layer = ChannelWiseSelectiveMixer(7, expand=2, d_state=3, backend="torch").double()
+    x = torch.randn(2, 3, 4, 7, dtype=torch.float64)
+    xz = x.reshape(24, 7)[..., None] * layer.in_weight + layer.in_bias  # (tokens, dim, 4)
+    u, z = xz.transpose(1, 2).chunk(2, dim=1)  # each (tokens, 2, dim)
+    y = sum(reference_scan(d, u, z, reverse=k == 1) for k, d in enumerate(layer.directions))
+    expected = (y * layer.out_weight.T).sum(1) + layer.out_bias
+    torch.testing.assert_close(layer(x), expected.reshape(x.shape))
+
+
+@pytest.mark.parametrize("layer", [lambda b: CrossScanSSM(8, d_state=4, backend=b),
+                                   lambda b: ChannelWiseSelectiveMixer(8, d_state=4, backend=b)],
+                         ids=["cross_scan", "channel_wise"])
+def test_mixers_same_on_both_backends_with_gradients(layer):
+    """The Triton kernels (interpreted on CPU) against the torch path, values and every parameter's gradient."""
+    torch.manual_seed(2)
+    torch_layer = layer("torch")
+    triton_layer = layer("triton")
+    triton_layer.load_state_dict(torch_layer.state_dict())
+    x = torch.randn(2, 3, 5, 8)
+    y_torch, y_triton = torch_layer(x), triton_layer(x)
+    torch.testing.assert_close(y_triton, y_torch, rtol=1e-4, atol=1e-5)
+    y_torch.square().sum().backward()
+    y_triton.square().sum().backward()
+    for (name, p), q in zip(torch_layer.named_parameters(), triton_layer.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_ssd_variant_runs_and_differs_from_s6():
+    torch.manual_seed(3)
+    x = torch.randn(1, 3, 32, 32)
+    s6 = ViM2(num_classes=4, dims=(16, 32), depths=(1, 1), ssm="s6")
+    ssd = ViM2(num_classes=4, dims=(16, 32), depths=(1, 1), ssm="ssd")
+    y = ssd(x)
+    y.sum().backward()
+    assert y.shape == (1, 4) and torch.isfinite(y).all()
+    assert all(p.grad is not None for p in ssd.parameters())
+    assert not torch.allclose(s6(x), y)
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_registered_models_build_run_and_count(name):
+    """Forward and backward at two resolutions (no parameter depends on the image size)."""
+    model = timm.create_model(name, num_classes=5)
+    count = sum(p.numel() for p in timm.create_model(name).parameters())
+    exact, paper = PARAMS[name]
+    print(f"{name}: {count / 1e6:.2f} M parameters (paper {paper / 1e6:.0f} M, {100 * (count / paper - 1):+.1f} %)")
+    assert count == exact
+    for size in (32, 64):
+        x = torch.randn(2, 3, size, size)
+        y = model(x)
+        assert y.shape == (2, 5) and torch.isfinite(y).all()
+        y.sum().backward()
+        assert all(p.grad is not None for p in model.parameters())
+        model.zero_grad()
+
+
+def test_tiny_within_five_percent_of_paper():
+    exact, paper = PARAMS["vim2_tiny"]
+    assert abs(exact / paper - 1) < 0.05
+
+
+def test_features_only_and_intermediates():
+    backbone = timm.create_model("vim2_tiny", features_only=True, dims=(8, 16, 32, 64), depths=(1, 1, 1, 1))
+    maps = backbone(torch.randn(2, 3, 64, 96))
+    assert [tuple(m.shape) for m in maps] == [(2, 8, 16, 24), (2, 16, 8, 12), (2, 32, 4, 6), (2, 64, 2, 3)]
+    assert backbone.feature_info.channels() == [8, 16, 32, 64]
+    assert backbone.feature_info.reduction() == [4, 8, 16, 32]
+
+
+def test_timm_head_api_and_pretrained_cfg():
+    model = timm.create_model("vim2_tiny", num_classes=3, dims=(8, 16, 32, 64), depths=(1, 1, 1, 1))
+    assert model.pretrained_cfg["input_size"] == (3, 224, 224) and model.pretrained_cfg["crop_pct"] == 0.9
+    x = torch.randn(1, 3, 32, 32)
+    features = model.forward_features(x)
+    assert features.shape == (1, 1, 1, 64)
+    assert model.forward_head(features, pre_logits=True).shape == (1, 64)
+    model.reset_classifier(7)
+    assert model(x).shape == (1, 7) and model.get_classifier().out_features == 7
+    model.reset_classifier(0)
+    assert model(x).shape == (1, 64)
+    assert {"A_log", "D", "alpha"} <= {n.rsplit(".", 1)[-1] for n in model.no_weight_decay()}
+
+
+def test_bf16_autocast_and_compile():
+    model = ViM2(num_classes=3, dims=(8, 16), depths=(1, 1))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = model(x)
+    assert torch.isfinite(y.float()).all()
+    compiled = torch.compile(model, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_bad_input_errors():
+    model = ViM2(num_classes=3, dims=(8, 16), depths=(1, 1))
+    with pytest.raises(ValueError, match=r"x: expected height and width divisible by 8, got \(30, 32\)"):
+        model(torch.randn(1, 3, 30, 32))
+    with pytest.raises(ValueError, match=r"x: expected shape \(batch, in_chans=3, H, W\)"):
+        model(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="dims, depths: expected one dim per stage"):
+        ViM2(dims=(8, 16), depths=(1,))
+    with pytest.raises(ValueError, match="ssm: expected 's6' or 'ssd'"):
+        ViM2(dims=(8,), depths=(1,), ssm="s4")
+    with pytest.raises(ValueError, match="pretrained: no pretrained weights"):
+        timm.create_model("vim2_tiny", pretrained=True)
+    with pytest.raises(ValueError, match=r"x: expected shape \(batch, H, W, dim=8\)"):
+        CrossScanSSM(8)(torch.randn(2, 5, 8))
+    with pytest.raises(ValueError, match=r"x: expected shape \(batch, \.\.\., dim=8\)"):
+        ChannelWiseSelectiveMixer(8)(torch.randn(2, 5, 7))

@@ -1,0 +1,103 @@
+"""Vision end to end: every ViM2 experiment through train.py, the data module's errors, a tiny overfit."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_train import ROOT, metrics_of, run
+
+from mambamixer.tasks.vision.data import ImageDataModule, write_digits
+from mambamixer.tasks.vision.vim2 import ViM2
+
+VISION = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("vim2_*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """The digits tree in a fresh cache directory, which train.py's subprocesses use too."""
+    cache = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("MAMBAMIXER_CACHE")
+    os.environ["MAMBAMIXER_CACHE"] = str(cache)
+    yield write_digits(cache / "digits")
+    if old is None:
+        os.environ.pop("MAMBAMIXER_CACHE")
+    else:
+        os.environ["MAMBAMIXER_CACHE"] = old
+
+
+def test_digits_tree_is_real_and_complete(digits):
+    train = sorted(digits.glob("train/*/*.png"))
+    val = sorted(digits.glob("val/*/*.png"))
+    assert len(train) + len(val) == 1797 and len(val) == 360
+    assert sorted(p.name for p in (digits / "train").iterdir()) == [str(d) for d in range(10)]
+
+
+@pytest.mark.parametrize("experiment", VISION)
+def test_fast_dev_run_of_every_vision_experiment(experiment, digits, tmp_path):
+    """The ImageNet recipes run on the digits folder at 32 px (bf16 autocast on CPU), the digits one as is."""
+    small = [] if experiment == "vim2_digits" else [f"data.root={digits}", "data.img_size=32", "data.batch_size=4"]
+    metrics, _ = metrics_of(run(f"experiment={experiment}", "trainer.fast_dev_run=true", "data.num_workers=0",
+                                *small, f"hydra.run.dir={tmp_path}"))
+    assert {"test/top1", "test/top5", "test/loss"} <= set(metrics) and metrics["test/loss"] > 0
+
+
+def test_synthetic_data_and_global_batch_in_log(tmp_path):
+    result = run("experiment=vim2_digits", "data=synthetic", "data.img_size=32", "data.batch_size=8",
+                 "data.num_classes=4", "data.synthetic_size=16", "data.num_workers=0", "trainer.max_epochs=1",
+                 f"hydra.run.dir={tmp_path}")
+    metrics, out_dir = metrics_of(result)
+    assert metrics["epochs"] == 1
+    assert "global batch 8 -> peak lr 0.00025" in (out_dir / "train.log").read_text() + result.stdout + result.stderr
+
+
+def make_folder(root: Path, digits: Path) -> Path:
+    for split in ("train", "val"):
+        for label in ("0", "1"):
+            shutil.copytree(digits / split / label, root / split / label)
+    return root
+
+
+def test_folder_errors_name_the_path(digits, tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"expected an image folder at {tmp_path / 'none' / 'train'}"):
+        ImageDataModule(root=str(tmp_path / "none"))
+    root = make_folder(tmp_path / "data", digits)
+    (root / "train" / "2").mkdir()
+    with pytest.raises(ValueError, match=f"class folder {root / 'train' / '2'} holds no images"):
+        ImageDataModule(root=str(root))
+    shutil.rmtree(root / "train" / "2")
+    shutil.copytree(digits / "val" / "3", root / "val" / "3")
+    with pytest.raises(ValueError, match=r"has classes missing from train/: \['3'\]"):
+        ImageDataModule(root=str(root))
+    shutil.rmtree(root / "val" / "3")
+    broken = next((root / "val" / "1").iterdir())
+    broken.write_bytes(b"not a png")
+    data = ImageDataModule(root=str(root), img_size=32, num_workers=0)
+    data.setup()
+    index = [p for p, _ in data.val_set.reader.samples].index(str(broken))
+    with pytest.raises(OSError, match=f"image {broken}: cannot be read"):
+        data.val_set[index]
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="dataset: expected 'folder', 'digits' or 'synthetic'"):
+        ImageDataModule(dataset="cifar")
+    with pytest.raises(ValueError, match="root: dataset='folder' needs the folder"):
+        ImageDataModule()
+    with pytest.raises(ValueError, match="batch_size: expected a positive"):
+        ImageDataModule(dataset="synthetic", num_classes=3, batch_size=5)
+
+
+def test_tiny_model_overfits_eight_images():
+    torch.manual_seed(0)
+    model = ViM2(num_classes=2, dims=(16, 32), depths=(1, 1))
+    x, y = torch.randn(8, 3, 32, 32), torch.tensor([0, 1] * 4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(40):
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05
