@@ -63,6 +63,16 @@ class MambaMixerBlock(nn.Module):
         return y_token, y_channel
 
 
+def run_blocks(blocks, x: torch.Tensor) -> torch.Tensor:
+    """Feed x through MambaMixerBlocks 1..n, each seeing every earlier output; the last channel-mixer output."""
+    tokens, channels = [x], [x]
+    for block in blocks:
+        y_token, y_channel = block(tokens, channels)
+        tokens.append(y_token)
+        channels.append(y_channel)
+    return channels[-1]
+
+
 class MambaMixer(nn.Module):
     """A stack of `depth` MambaMixerBlocks over sequences: (batch, num_tokens, dim) -> (batch, num_tokens, dim).
 
@@ -88,9 +98,4 @@ class MambaMixer(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens, channels = [x], [x]
-        for block in self.blocks:
-            y_token, y_channel = block(tokens, channels)
-            tokens.append(y_token)
-            channels.append(y_channel)
-        return channels[-1]
+        return run_blocks(self.blocks, x)

@@ -15,6 +15,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 
 from ...mixer import ChannelWiseSelectiveMixer, CrossScanSSM, MambaMixerBlock
+from ...mixer.block import run_blocks
 
 
 class Stem(nn.Module):
@@ -57,13 +58,7 @@ class ViM2Stage(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        tokens, channels = [x], [x]
-        for block in self.blocks:
-            y_token, y_channel = block(tokens, channels)
-            tokens.append(y_token)
-            channels.append(y_channel)
-        return channels[-1]
+        return run_blocks(self.blocks, self.downsample(x))
 
 
 class ViM2(nn.Module):
