@@ -70,8 +70,11 @@ class ClassificationModule(L.LightningModule):
 
     def global_batch(self) -> int:
         trainer = self.trainer
-        loader_batch = trainer.datamodule.batch_size if trainer.datamodule is not None else None
-        return loader_batch * trainer.world_size * trainer.accumulate_grad_batches
+        batch_size = getattr(trainer.datamodule, "batch_size", None)
+        if batch_size is None:
+            raise ValueError("trainer.datamodule: the learning rate is scaled by the global batch, so fit with a "
+                             "datamodule that has a batch_size")
+        return batch_size * trainer.world_size * trainer.accumulate_grad_batches
 
     def configure_optimizers(self):
         global_batch = self.global_batch()
