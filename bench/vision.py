@@ -1,7 +1,8 @@
 """ViM2 image benchmarks on one GPU: throughput next to timm's references, and digits accuracy by train.py.
 
     python bench/vision.py throughput --out DIR [--models vim2_tiny,...] [--sizes 224,512] [--batch 256]
-    python bench/vision.py digits --out DIR [-- extra train.py overrides]
+    python bench/vision.py digits --out DIR [train.py overrides ...]
+    python bench/vision.py ddp --out DIR          # on a machine with two GPUs
 
 throughput: bf16 autocast, channels-last inputs, in one process: training img/s (forward, backward, AdamW
 step) and inference img/s (forward under no_grad) from CUDA-event timing after warmup, and the peak GPU
@@ -10,6 +11,9 @@ table says which batch ran). Writes DIR/vision_throughput.json.
 digits: `python train.py experiment=vim2_digits trainer=gpu` for ViM2 (the experiment's small config and
 vim2_tiny's sizes) and timm's DeiT-Tiny (patch 4 at 32 px) and ResNet-18 with the same data, recipe and
 epochs, one after another. Writes DIR/vision_digits.json.
+ddp: the digits experiment (augmentation off) on one GPU with batch 64 and through DDP on two GPUs with
+batch 32 each (the same global batch and learning rate); prints both runs' per-epoch train and val loss
+and their largest relative difference. Writes DIR/vision_ddp.json.
 """
 
 from __future__ import annotations
@@ -130,9 +134,51 @@ def digits(args) -> list[dict]:
     return rows
 
 
+# Same data, model and global batch; augmentation and Mixup off so the runs differ only in sample order
+# (RandomSampler vs DistributedSampler) and floating-point order.
+DDP_COMMON = ["experiment=vim2_digits", "data.mixup=0", "data.cutmix=0", "data.auto_augment=null", "data.re_prob=0",
+              "data.scale=[1.0,1.0]", "callbacks.ema=null", "trainer.max_epochs=10", "data.num_workers=4"]
+DDP_RUNS = {"gpu1_batch64": ["trainer=gpu", "data.batch_size=64"],
+            "ddp2_batch32x2": ["trainer=ddp", "trainer.devices=2", "data.batch_size=32"]}
+
+
+def epoch_curves(run_dir: Path) -> dict[str, list[float]]:
+    """Per-epoch train/loss_epoch and val/loss from the run's CSV log."""
+    import csv
+
+    curves = {"train/loss_epoch": {}, "val/loss": {}}
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        for row in csv.DictReader(f):
+            for key, curve in curves.items():
+                if row.get(key):
+                    curve[int(row["epoch"])] = float(row[key])
+    return {key: [curve[e] for e in sorted(curve)] for key, curve in curves.items()}
+
+
+def ddp(args) -> list[dict]:
+    rows = []
+    for label, overrides in DDP_RUNS.items():
+        run_dir = args.out / "ddp" / label
+        cmd = ["train.py", *DDP_COMMON, *overrides, *args.overrides, f"hydra.run.dir={run_dir}"]
+        result = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True)
+        row = {"run": label, "command": "python " + " ".join(cmd[:-1]), "returncode": result.returncode}
+        if result.returncode == 0:
+            row.update(json.loads((run_dir / "metrics.json").read_text()), **epoch_curves(run_dir))
+        else:
+            row["error"] = (result.stdout + result.stderr)[-3000:]
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "error"}), row.get("error", "")[-1500:], flush=True)
+    if all(r["returncode"] == 0 for r in rows):
+        for key in ("train/loss_epoch", "val/loss"):
+            a, b = rows[0][key], rows[1][key]
+            diff = max(abs(x - y) / abs(x) for x, y in zip(a, b))
+            print(f"{key}: max relative difference over {len(a)} epochs {diff:.3f}", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["throughput", "digits"])
+    parser.add_argument("what", choices=["throughput", "digits", "ddp"])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--models", type=lambda s: s.split(","), default=["vim2_tiny", "vim2_small", *REFERENCES])
     parser.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=[224, 512])
@@ -140,9 +186,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = throughput(args) if args.what == "throughput" else digits(args)
+    rows = {"throughput": throughput, "digits": digits, "ddp": ddp}[args.what](args)
     meta = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "torch": torch.__version__}
     (args.out / f"vision_{args.what}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")

@@ -52,7 +52,7 @@ class ClassificationModule(L.LightningModule):
             loss = self.soft_loss(logits, targets)
         else:
             loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(images), sync_dist=True)
+        self.log("train/loss", loss, prog_bar=True, on_epoch=True, batch_size=len(images), sync_dist=True)
         return loss
 
     def _evaluate(self, batch, metrics, stage):
