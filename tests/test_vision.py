@@ -101,3 +101,16 @@ def test_tiny_model_overfits_eight_images():
         loss.backward()
         optimizer.step()
     assert loss.item() < 0.05
+
+
+def test_slurm_launcher_config_follows_the_trainer():
+    """hydra/launcher=slurm (hydra's submitit plugin): one task and one GPU per device, one job per node."""
+    from hydra import compose, initialize_config_dir
+
+    overrides = ["experiment=vim2_tiny_imagenet", "data.root=/data/imagenet", "trainer=ddp", "trainer.devices=4",
+                 "trainer.num_nodes=2", "hydra/launcher=slurm"]
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
