@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mambamixer.kernels import selective_scan_fn, selective_scan_ref, selective_state_update
+from mambamixer.kernels.selective_scan import fast
 
 from helpers import grads, rel_err, s6_inputs, with_grad
 
@@ -56,6 +57,51 @@ def test_gradients_match_recurrence(length, groups, reverse):
     assert set(g_fast) == {"u", "delta", "A", "B", "C", "D", "z", "delta_bias"}
     for name in g_fast:
         assert rel_err(g_fast[name], g_ref[name]) < 1e-10, name
+
+
+@pytest.mark.parametrize("length", [1, 2, 7, 257, 1000])
+@pytest.mark.parametrize("groups", [None, 2])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("chunked", [False, True])
+def test_both_fast_paths_match_recurrence(length, groups, reverse, chunked):
+    """The per-step loop and the chunked scan, each forced, forward and every gradient."""
+    a = s6_inputs(length=length, groups=groups, seed=length + 2)
+    mine, ref = with_grad(a), with_grad(a)
+    out, last = fast.selective_scan_fast(**mine, return_last_state=True, reverse=reverse, chunked=chunked)
+    ref_out, ref_last = selective_scan_ref(**ref, return_last_state=True, reverse=reverse)
+    assert out.shape == ref_out.shape and out.is_contiguous()
+    assert rel_err(out, ref_out) < 1e-12 and rel_err(last, ref_last) < 1e-12
+    g_mine, g_ref = grads(out, mine), grads(ref_out, ref)
+    for name in g_ref:
+        assert rel_err(g_mine[name], g_ref[name]) < 1e-10, name
+
+
+@pytest.mark.parametrize("length", [1, 3, 4, 31, 64, 333])
+@pytest.mark.parametrize("work", [6, 40])
+def test_linear_recurrence_at_every_chunking(length, work, monkeypatch):
+    """Chunks of 2 to tens of steps, padded last chunks and several recursion levels, against a loop."""
+    monkeypatch.setattr(fast, "CHUNK_WORK", 6 * work)
+    g = torch.Generator().manual_seed(length)
+    log_decay = -torch.rand(length, 2, work // 2, generator=g, dtype=torch.float64) * 3
+    drive = torch.randn(length, 2, work // 2, generator=g, dtype=torch.float64)
+    h, expected = torch.zeros_like(drive[0]), []
+    for t in range(length):
+        h = log_decay[t].exp() * h + drive[t]
+        expected.append(h)
+    assert rel_err(fast.linear_recurrence(log_decay, drive), torch.stack(expected)) < 1e-13
+
+
+def test_chunked_only_below_the_work_threshold(monkeypatch):
+    """Auto mode: chunked for small steps, the per-step loop for large ones."""
+    calls = []
+    monkeypatch.setattr(fast, "linear_recurrence", lambda *a: calls.append(a) or torch.zeros_like(a[1]))
+    small = s6_inputs(dim=4, n=3, length=5)
+    fast.selective_scan_fast(**small)
+    assert len(calls) == 1
+    large = s6_inputs(batch=8, dim=64, n=4, length=5)
+    assert 8 * 64 * 4 >= fast.CHUNK_BELOW
+    fast.selective_scan_fast(**large)
+    assert len(calls) == 1
 
 
 def test_mixed_groups_for_B_and_C():
