@@ -2,12 +2,14 @@
 
 Each op has a sequential reference (`*_ref`, the test oracle), a fast PyTorch path, a one-step update
 for streaming, and a checked entry point with a `backend` switch; the S6 scan also has Triton kernels
-(`backend="triton"`, picked by "auto" for CUDA tensors) and a fused two-direction op.
+(`backend="triton"`, picked by "auto" for CUDA tensors), a fused two-direction op and its variant with
+delta/B/C projected from u inside the kernels (ViM2's channel mixer).
 """
 
 from .selective_scan import (
     selective_scan_bidirectional_fn,
     selective_scan_fn,
+    selective_scan_projected_bidirectional_fn,
     selective_scan_ref,
     selective_state_update,
 )
@@ -16,6 +18,7 @@ from .ssd import mamba_chunk_scan_combined, mamba_chunk_scan_ref, ssd_state_upda
 __all__ = [
     "selective_scan_fn",
     "selective_scan_bidirectional_fn",
+    "selective_scan_projected_bidirectional_fn",
     "selective_scan_ref",
     "selective_state_update",
     "mamba_chunk_scan_combined",

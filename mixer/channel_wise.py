@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn as nn
 
-from ..kernels import selective_scan_bidirectional_fn
+from ..kernels import selective_scan_projected_bidirectional_fn
 from .selective_ssm import _ScanDirection
 
 
@@ -23,7 +23,9 @@ class ChannelWiseSelectiveMixer(nn.Module):
     number of tokens (any image size) works.
 
     The tokens of a batch row are scanned together as `tokens * expand` channels whose B and C are grouped
-    per token, so one kernel launch covers them (no batch of millions of one-token rows).
+    per token, so one kernel launch covers them (no batch of millions of one-token rows); with the Triton
+    backend the scan's delta, B and C are projected inside the kernels
+    (`selective_scan_projected_bidirectional_fn`) instead of being stored per channel step.
     """
 
     def __init__(self, dim: int, expand: int = 2, d_state: int = 16, d_conv: int = 4, ssm: str = "s6",
@@ -57,13 +59,11 @@ class ChannelWiseSelectiveMixer(nn.Module):
         # (batch * tokens, e, dim): every token a sequence over its channels
         u, z = xz.permute(0, 1, 3, 2).reshape(batch * tokens, 2 * e, self.dim).chunk(2, dim=1)
         if self.ssm == "s6":
-            pair = [list(direction.s6_inputs(u)) for direction in self.directions]
-            for p in pair:  # tokens folded into channels, B and C grouped per token
-                p[0], p[1] = p[0].reshape(batch, tokens * e, self.dim), p[1].reshape(batch, tokens * e, self.dim)
-                p[2], p[5], p[6] = p[2].repeat(tokens, 1), p[5].repeat(tokens), p[6].repeat(tokens)
-                p[3], p[4] = (t.reshape(batch, tokens, -1, self.dim) for t in p[3:5])
-            y = selective_scan_bidirectional_fn(*zip(*pair), z=z.reshape(batch, tokens * e, self.dim),
-                                                delta_softplus=True, backend=self.directions[0].backend)
+            # Tokens folded into channels; delta, B and C projected per token from its e features.
+            pair = [(d.activate(u).reshape(batch, tokens * e, self.dim), -torch.exp(d.A_log.float()), d.x_proj.weight,
+                     d.dt_proj.weight[:, 0], d.dt_proj.bias.float(), d.D.float()) for d in self.directions]
+            y = selective_scan_projected_bidirectional_fn(*zip(*pair), z=z.reshape(batch, tokens * e, self.dim),
+                                                          backend=self.directions[0].backend)
         else:
             y = sum(direction(u, z) for direction in self.directions)
         y = y.reshape(batch, tokens, e, self.dim)

@@ -15,6 +15,12 @@ over the channels that share a group: each program reduces its BLOCK_D channels 
 float32 buffer atomically. A fused bidirectional launch runs direction 0 first-to-last and direction 1
 last-to-first in the same program; the second pass adds its output to the first one's before the gate,
 so no flipped copy is made.
+
+PROJ (ViM2's channel mixer): delta, B and C are not read but computed from u itself. A program owns one
+group of BLOCK_D = e channels (one token's features); per step r = <W_r, u_t>, delta = w_dt r + bias,
+B_t = W_B u_t, C_t = W_C u_t with W = (W_r; W_B; W_C) of shape (1 + 2N, e). The backward folds dB_t, dC_t
+and d(delta) into du and into per-program sums of the weights' gradients, so no per-step delta, B or C
+tensor exists in memory in either direction.
 """
 
 from __future__ import annotations
@@ -33,6 +39,17 @@ def _softplus(x):
 
 
 @triton.jit
+def _param_rows(offs_d, PROJ: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Rows of A, D and delta_bias for the program's channels: the channels, or with PROJ their place in
+    the group."""
+    if PROJ:
+        rows = tl.arange(0, BLOCK_D)
+    else:
+        rows = offs_d
+    return rows
+
+
+@triton.jit
 def _load_channel_params(bias_ptr, D_ptr, offs_d, mask_d, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr,
                          BLOCK_D: tl.constexpr):
     """delta_bias and D of BLOCK_D channels (zeros when absent), float32."""
@@ -46,11 +63,49 @@ def _load_channel_params(bias_ptr, D_ptr, offs_d, mask_d, HAS_BIAS: tl.constexpr
 
 
 @triton.jit
-def _step_inputs(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, bias, t, mask_d, mask_n, valid,
-                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """u_t, delta before softplus, dt (0 on an invalid step: a pass-through), B_t; float32."""
+def _load_projection(Wx_ptr, wdt_ptr, N, offs_n, mask_n, PROJ: tl.constexpr, BLOCK_D: tl.constexpr,
+                     BLOCK_N: tl.constexpr):
+    """W_r, w_dt (BLOCK_D,) and W_B, W_C as (BLOCK_D, BLOCK_N) [channel, state], float32; zeros unless PROJ.
+    Wx: contiguous (1 + 2N, BLOCK_D); wdt: (BLOCK_D,)."""
+    offs_j = tl.arange(0, BLOCK_D)
+    if PROJ:
+        Wr = tl.load(Wx_ptr + offs_j).to(tl.float32)
+        wdt = tl.load(wdt_ptr + offs_j).to(tl.float32)
+        rows = (1 + offs_n[None, :]) * BLOCK_D + offs_j[:, None]
+        WB = tl.load(Wx_ptr + rows, mask=mask_n[None, :], other=0.0).to(tl.float32)
+        WC = tl.load(Wx_ptr + rows + N * BLOCK_D, mask=mask_n[None, :], other=0.0).to(tl.float32)
+    else:
+        Wr = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        wdt = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        WB = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+        WC = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    return Wr, wdt, WB, WC
+
+
+@triton.jit
+def _load_C(C_ptr, sC_t, t, u, WC, mask_n, valid, PROJ: tl.constexpr):
+    """C_t (BLOCK_N,), float32: read, or W_C u_t with PROJ."""
+    if PROJ:
+        Ct = tl.sum(u[:, None] * WC, axis=0)
+    else:
+        Ct = tl.load(C_ptr + t * sC_t, mask=mask_n & valid, other=0.0).to(tl.float32)
+    return Ct
+
+
+@triton.jit
+def _step_inputs(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, bias, Wr, wdt, WB, t, mask_d, mask_n, valid,
+                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, PROJ: tl.constexpr):
+    """u_t, delta before softplus, dt (0 on an invalid step: a pass-through), B_t and r = <W_r, u_t> (0
+    unless PROJ); float32."""
     u = tl.load(u_ptr + t * su_t, mask=mask_d & valid, other=0.0).to(tl.float32)
-    dl = tl.load(dl_ptr + t * sdl_t, mask=mask_d & valid, other=0.0).to(tl.float32)
+    if PROJ:
+        r = tl.sum(u * Wr, axis=0)
+        dl = wdt * r
+        Bt = tl.sum(u[:, None] * WB, axis=0)
+    else:
+        r = 0.0
+        dl = tl.load(dl_ptr + t * sdl_t, mask=mask_d & valid, other=0.0).to(tl.float32)
+        Bt = tl.load(B_ptr + t * sB_t, mask=mask_n & valid, other=0.0).to(tl.float32)
     if HAS_BIAS:
         dl += bias
     if SOFTPLUS:
@@ -58,8 +113,7 @@ def _step_inputs(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, bias, t, mask_d, mask_
     else:
         dt = dl
     dt = tl.where(mask_d & valid, dt, 0.0)
-    Bt = tl.load(B_ptr + t * sB_t, mask=mask_n & valid, other=0.0).to(tl.float32)
-    return u, dl, dt, Bt
+    return u, dl, dt, Bt, r
 
 
 @triton.jit
@@ -69,24 +123,27 @@ def _scan_fwd_direction(
     A_ptr, sA_d, sA_n,
     B_ptr, sB_b, sB_g, sB_n, sB_t, B_dpg,
     C_ptr, sC_b, sC_g, sC_n, sC_t, C_dpg,
-    D_ptr, bias_ptr,
+    D_ptr, bias_ptr, Wx_ptr, wdt_ptr,
     z_ptr, sz_b, sz_d, sz_t,
     out_ptr, so_b, so_d, so_t,
     last_ptr, states_ptr,
     pid_b, pid_d, dim, L, N, n_chunks,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, GATE: tl.constexpr,
     REVERSE: tl.constexpr, ACCUMULATE: tl.constexpr, SAVE_STATES: tl.constexpr, STORE_LAST: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    PROJ: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
     """One direction's forward. states: (batch, dim, n_chunks, N) float32, the state before each CHUNK
-    steps in scan order; last: (batch, dim, N) float32, the state after the last step."""
+    steps in scan order; last: (batch, dim, N) float32, the state after the last step. With PROJ, A, D and
+    delta_bias are (BLOCK_D, ...): one row per channel of a group."""
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     mask_d, mask_n = offs_d < dim, offs_n < N
     mask_dn = mask_d[:, None] & mask_n[None, :]
-    A2 = tl.load(A_ptr + offs_d[:, None] * sA_d + offs_n[None, :] * sA_n, mask=mask_dn, other=0.0).to(tl.float32)
+    offs_p = _param_rows(offs_d, PROJ, BLOCK_D)
+    A2 = tl.load(A_ptr + offs_p[:, None] * sA_d + offs_n[None, :] * sA_n, mask=mask_dn, other=0.0).to(tl.float32)
     A2 = A2 * 1.4426950408889634  # exp(dt A) = exp2(dt A log2 e)
-    bias, Dv = _load_channel_params(bias_ptr, D_ptr, offs_d, mask_d, HAS_BIAS, HAS_D, BLOCK_D)
+    bias, Dv = _load_channel_params(bias_ptr, D_ptr, offs_p, mask_d, HAS_BIAS, HAS_D, BLOCK_D)
+    Wr, wdt, WB, WC = _load_projection(Wx_ptr, wdt_ptr, N, offs_n, mask_n, PROJ, BLOCK_D, BLOCK_N)
     # All BLOCK_D channels share one group of B and one of C (the launcher picks BLOCK_D so).
     B_ptr += pid_b * sB_b + ((pid_d * BLOCK_D) // B_dpg) * sB_g + offs_n * sB_n
     C_ptr += pid_b * sC_b + ((pid_d * BLOCK_D) // C_dpg) * sC_g + offs_n * sC_n
@@ -103,9 +160,9 @@ def _scan_fwd_direction(
             t = i
         if SAVE_STATES:
             tl.store(states_ptr + state_offs + (i // CHUNK) * N, h, mask=mask_dn & (i % CHUNK == 0))
-        u, dl, dt, Bt = _step_inputs(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, bias, t, mask_d, mask_n, True,
-                                     HAS_BIAS, SOFTPLUS)
-        Ct = tl.load(C_ptr + t * sC_t, mask=mask_n, other=0.0).to(tl.float32)
+        u, dl, dt, Bt, r = _step_inputs(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, bias, Wr, wdt, WB, t, mask_d,
+                                        mask_n, True, HAS_BIAS, SOFTPLUS, PROJ)
+        Ct = _load_C(C_ptr, sC_t, t, u, WC, mask_n, True, PROJ)
         h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
         y = tl.sum(h * Ct[None, :], axis=1)
         if HAS_D:
@@ -127,27 +184,31 @@ def _scan_bwd_direction(
     A_ptr, sA_d, sA_n,
     B_ptr, sB_b, sB_g, sB_n, sB_t, B_dpg,
     C_ptr, sC_b, sC_g, sC_n, sC_t, C_dpg,
-    D_ptr, bias_ptr,
+    D_ptr, bias_ptr, Wx_ptr, wdt_ptr,
     z_ptr, sz_b, sz_d, sz_t,
     dout_ptr, sdo_b, sdo_d, sdo_t,
     states_ptr, scratch_ptr,
-    du_ptr, ddl_ptr, dz_ptr, dB_ptr, dB_g, dC_ptr, dC_g, dA_ptr, dD_ptr, dbias_ptr,
+    du_ptr, ddl_ptr, dz_ptr, dB_ptr, dB_g, dC_ptr, dC_g, dA_ptr, dD_ptr, dbias_ptr, dWx_ptr, dwdt_ptr,
     pid_b, pid_d, dim, L, N, n_chunks,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, GATE: tl.constexpr,
     REVERSE: tl.constexpr, ACCUMULATE: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    PROJ: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
     """Gradients of one direction. du, ddelta, dz: contiguous (batch, dim, L) in the inputs' dtypes;
     dB, dC: float32 (batch, groups, N, L), added to atomically; dA (batch, dim, N), dD and dbias
     (batch, dim): float32 per-sequence sums. With ACCUMULATE, dz already holds the other direction's
-    part and this one is added to it. scratch: CHUNK * BLOCK_D * BLOCK_N float32 per program."""
+    part and this one is added to it. scratch: CHUNK * BLOCK_D * BLOCK_N float32 per program. With PROJ
+    (no ddelta, dB, dC): dWx (batch, dim, 1 + 2N) and dwdt (batch, dim) float32 per-channel sums of the
+    projection weights' gradients."""
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     mask_d, mask_n = offs_d < dim, offs_n < N
     mask_dn = mask_d[:, None] & mask_n[None, :]
-    A = tl.load(A_ptr + offs_d[:, None] * sA_d + offs_n[None, :] * sA_n, mask=mask_dn, other=0.0).to(tl.float32)
+    offs_p = _param_rows(offs_d, PROJ, BLOCK_D)
+    A = tl.load(A_ptr + offs_p[:, None] * sA_d + offs_n[None, :] * sA_n, mask=mask_dn, other=0.0).to(tl.float32)
     A2 = A * 1.4426950408889634
-    bias, Dv = _load_channel_params(bias_ptr, D_ptr, offs_d, mask_d, HAS_BIAS, HAS_D, BLOCK_D)
+    bias, Dv = _load_channel_params(bias_ptr, D_ptr, offs_p, mask_d, HAS_BIAS, HAS_D, BLOCK_D)
+    Wr, wdt, WB, WC = _load_projection(Wx_ptr, wdt_ptr, N, offs_n, mask_n, PROJ, BLOCK_D, BLOCK_N)
     group_B = (pid_d * BLOCK_D) // B_dpg
     group_C = (pid_d * BLOCK_D) // C_dpg
     B_ptr += pid_b * sB_b + group_B * sB_g + offs_n * sB_n
@@ -167,6 +228,10 @@ def _scan_bwd_direction(
     dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    dWr_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    dwdt_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    dWB_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    dWC_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     for j in range(n_chunks):
         c = n_chunks - 1 - j
         # Recompute the chunk's states from the one saved at its start.
@@ -177,8 +242,8 @@ def _scan_bwd_direction(
                 t = L - 1 - i
             else:
                 t = i
-            u, dl, dt, Bt = _step_inputs(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, bias, t, mask_d, mask_n, i < L,
-                                         HAS_BIAS, SOFTPLUS)
+            u, dl, dt, Bt, r = _step_inputs(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, bias, Wr, wdt, WB, t, mask_d,
+                                            mask_n, i < L, HAS_BIAS, SOFTPLUS, PROJ)
             h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
             tl.store(scratch_ptr + k * BLOCK_D * BLOCK_N, h)
         tl.debug_barrier()
@@ -190,9 +255,9 @@ def _scan_bwd_direction(
                 t = L - 1 - i
             else:
                 t = i
-            u, dl, dt, Bt = _step_inputs(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, bias, t, mask_d, mask_n, valid,
-                                         HAS_BIAS, SOFTPLUS)
-            Ct = tl.load(C_ptr + t * sC_t, mask=mask_n & valid, other=0.0).to(tl.float32)
+            u, dl, dt, Bt, r = _step_inputs(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, bias, Wr, wdt, WB, t, mask_d,
+                                            mask_n, valid, HAS_BIAS, SOFTPLUS, PROJ)
+            Ct = _load_C(C_ptr, sC_t, t, u, WC, mask_n, valid, PROJ)
             dout = tl.load(dout_ptr + t * sdo_t, mask=mask_d & valid, other=0.0).to(tl.float32)
             h = tl.load(scratch_ptr + k * BLOCK_D * BLOCK_N)
             if GATE:
@@ -226,28 +291,44 @@ def _scan_bwd_direction(
                 ddt = ddt * tl.sigmoid(dl)
             ddt = tl.where(mask_d & valid, ddt, 0.0)
             dbias_acc += ddt
+            dBt = tl.sum(g * dtu[:, None], axis=0)
+            dCt = tl.sum(h * dy[:, None], axis=0)
+            if PROJ:  # back through delta = w_dt <W_r, u> + bias, B = W_B u, C = W_C u
+                dr = tl.sum(ddt * wdt, axis=0)
+                du += tl.sum(WB * dBt[None, :], axis=1) + tl.sum(WC * dCt[None, :], axis=1) + dr * Wr
+                dWr_acc += dr * u
+                dwdt_acc += ddt * r
+                dWB_acc += u[:, None] * dBt[None, :]
+                dWC_acc += u[:, None] * dCt[None, :]
+            else:
+                tl.store(ddl_ptr + grad_offs + t, ddt.to(ddl_ptr.dtype.element_ty), mask=mask_d & valid)
+                tl.atomic_add(dB_ptr + t, dBt, mask=mask_n & valid, sem="relaxed")
+                tl.atomic_add(dC_ptr + t, dCt, mask=mask_n & valid, sem="relaxed")
             tl.store(du_ptr + grad_offs + t, du.to(du_ptr.dtype.element_ty), mask=mask_d & valid)
-            tl.store(ddl_ptr + grad_offs + t, ddt.to(ddl_ptr.dtype.element_ty), mask=mask_d & valid)
-            tl.atomic_add(dB_ptr + t, tl.sum(g * dtu[:, None], axis=0), mask=mask_n & valid, sem="relaxed")
-            tl.atomic_add(dC_ptr + t, tl.sum(h * dy[:, None], axis=0), mask=mask_n & valid, sem="relaxed")
         tl.debug_barrier()
     tl.store(dA_ptr + (pid_b * dim + offs_d[:, None]) * N + offs_n[None, :], dA_acc, mask=mask_dn)
     if HAS_D:
         tl.store(dD_ptr + pid_b * dim + offs_d, dD_acc, mask=mask_d)
     if HAS_BIAS:
         tl.store(dbias_ptr + pid_b * dim + offs_d, dbias_acc, mask=mask_d)
+    if PROJ:
+        w_offs = (pid_b * dim + offs_d) * (1 + 2 * N)
+        tl.store(dWx_ptr + w_offs, dWr_acc, mask=mask_d)
+        tl.store(dWx_ptr + w_offs[:, None] + 1 + offs_n[None, :], dWB_acc, mask=mask_dn)
+        tl.store(dWx_ptr + w_offs[:, None] + 1 + N + offs_n[None, :], dWC_acc, mask=mask_dn)
+        tl.store(dwdt_ptr + pid_b * dim + offs_d, dwdt_acc, mask=mask_d)
 
 
 @triton.jit
 def s6_fwd_kernel(
     u0, su0_b, su0_d, su0_t, dl0, sdl0_b, sdl0_d, sdl0_t, A0, sA0_d, sA0_n,
-    B0, sB0_b, sB0_g, sB0_n, sB0_t, B0_dpg, C0, sC0_b, sC0_g, sC0_n, sC0_t, C0_dpg, D0, bias0, states0,
+    B0, sB0_b, sB0_g, sB0_n, sB0_t, B0_dpg, C0, sC0_b, sC0_g, sC0_n, sC0_t, C0_dpg, D0, bias0, Wx0, wdt0, states0,
     u1, su1_b, su1_d, su1_t, dl1, sdl1_b, sdl1_d, sdl1_t, A1, sA1_d, sA1_n,
-    B1, sB1_b, sB1_g, sB1_n, sB1_t, B1_dpg, C1, sC1_b, sC1_g, sC1_n, sC1_t, C1_dpg, D1, bias1, states1,
+    B1, sB1_b, sB1_g, sB1_n, sB1_t, B1_dpg, C1, sC1_b, sC1_g, sC1_n, sC1_t, C1_dpg, D1, bias1, Wx1, wdt1, states1,
     z, sz_b, sz_d, sz_t, out, so_b, so_d, so_t, last,
     dim, L, N, n_chunks,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
-    REVERSE: tl.constexpr, BIDIR: tl.constexpr, SAVE_STATES: tl.constexpr,
+    REVERSE: tl.constexpr, BIDIR: tl.constexpr, SAVE_STATES: tl.constexpr, PROJ: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
     """Grid (cdiv(dim, BLOCK_D), batch). Direction 0 scans in the order REVERSE says; with BIDIR, direction 1
@@ -255,47 +336,47 @@ def s6_fwd_kernel(
     pid_d, pid_b = tl.program_id(0), tl.program_id(1)
     _scan_fwd_direction(u0, su0_b, su0_d, su0_t, dl0, sdl0_b, sdl0_d, sdl0_t, A0, sA0_d, sA0_n,
                         B0, sB0_b, sB0_g, sB0_n, sB0_t, B0_dpg, C0, sC0_b, sC0_g, sC0_n, sC0_t, C0_dpg, D0, bias0,
-                        z, sz_b, sz_d, sz_t, out, so_b, so_d, so_t, last, states0,
+                        Wx0, wdt0, z, sz_b, sz_d, sz_t, out, so_b, so_d, so_t, last, states0,
                         pid_b, pid_d, dim, L, N, n_chunks,
                         HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z and not BIDIR, REVERSE, False, SAVE_STATES, not BIDIR,
-                        BLOCK_D, BLOCK_N, CHUNK)
+                        PROJ, BLOCK_D, BLOCK_N, CHUNK)
     if BIDIR:
         tl.debug_barrier()  # direction 1 reads the outputs this program's threads just wrote
         _scan_fwd_direction(u1, su1_b, su1_d, su1_t, dl1, sdl1_b, sdl1_d, sdl1_t, A1, sA1_d, sA1_n,
                             B1, sB1_b, sB1_g, sB1_n, sB1_t, B1_dpg, C1, sC1_b, sC1_g, sC1_n, sC1_t, C1_dpg, D1,
-                            bias1, z, sz_b, sz_d, sz_t, out, so_b, so_d, so_t, last, states1,
+                            bias1, Wx1, wdt1, z, sz_b, sz_d, sz_t, out, so_b, so_d, so_t, last, states1,
                             pid_b, pid_d, dim, L, N, n_chunks,
                             HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z, True, True, SAVE_STATES, False,
-                            BLOCK_D, BLOCK_N, CHUNK)
+                            PROJ, BLOCK_D, BLOCK_N, CHUNK)
 
 
 @triton.jit
 def s6_bwd_kernel(
     u0, su0_b, su0_d, su0_t, dl0, sdl0_b, sdl0_d, sdl0_t, A0, sA0_d, sA0_n,
-    B0, sB0_b, sB0_g, sB0_n, sB0_t, B0_dpg, C0, sC0_b, sC0_g, sC0_n, sC0_t, C0_dpg, D0, bias0, states0,
-    du0, ddl0, dB0, dB0_g, dC0, dC0_g, dA0, dD0, dbias0,
+    B0, sB0_b, sB0_g, sB0_n, sB0_t, B0_dpg, C0, sC0_b, sC0_g, sC0_n, sC0_t, C0_dpg, D0, bias0, Wx0, wdt0, states0,
+    du0, ddl0, dB0, dB0_g, dC0, dC0_g, dA0, dD0, dbias0, dWx0, dwdt0,
     u1, su1_b, su1_d, su1_t, dl1, sdl1_b, sdl1_d, sdl1_t, A1, sA1_d, sA1_n,
-    B1, sB1_b, sB1_g, sB1_n, sB1_t, B1_dpg, C1, sC1_b, sC1_g, sC1_n, sC1_t, C1_dpg, D1, bias1, states1,
-    du1, ddl1, dB1, dB1_g, dC1, dC1_g, dA1, dD1, dbias1,
+    B1, sB1_b, sB1_g, sB1_n, sB1_t, B1_dpg, C1, sC1_b, sC1_g, sC1_n, sC1_t, C1_dpg, D1, bias1, Wx1, wdt1, states1,
+    du1, ddl1, dB1, dB1_g, dC1, dC1_g, dA1, dD1, dbias1, dWx1, dwdt1,
     z, sz_b, sz_d, sz_t, dout, sdo_b, sdo_d, sdo_t, dz, scratch,
     dim, L, N, n_chunks,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
-    REVERSE: tl.constexpr, BIDIR: tl.constexpr,
+    REVERSE: tl.constexpr, BIDIR: tl.constexpr, PROJ: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
     """Grid (cdiv(dim, BLOCK_D), batch); the gradients of `s6_fwd_kernel`, direction by direction."""
     pid_d, pid_b = tl.program_id(0), tl.program_id(1)
     _scan_bwd_direction(u0, su0_b, su0_d, su0_t, dl0, sdl0_b, sdl0_d, sdl0_t, A0, sA0_d, sA0_n,
                         B0, sB0_b, sB0_g, sB0_n, sB0_t, B0_dpg, C0, sC0_b, sC0_g, sC0_n, sC0_t, C0_dpg, D0, bias0,
-                        z, sz_b, sz_d, sz_t, dout, sdo_b, sdo_d, sdo_t, states0, scratch,
-                        du0, ddl0, dz, dB0, dB0_g, dC0, dC0_g, dA0, dD0, dbias0,
+                        Wx0, wdt0, z, sz_b, sz_d, sz_t, dout, sdo_b, sdo_d, sdo_t, states0, scratch,
+                        du0, ddl0, dz, dB0, dB0_g, dC0, dC0_g, dA0, dD0, dbias0, dWx0, dwdt0,
                         pid_b, pid_d, dim, L, N, n_chunks,
-                        HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z, REVERSE, False, BLOCK_D, BLOCK_N, CHUNK)
+                        HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z, REVERSE, False, PROJ, BLOCK_D, BLOCK_N, CHUNK)
     if BIDIR:
         tl.debug_barrier()  # direction 1 adds its part to the dz this program's threads just wrote
         _scan_bwd_direction(u1, su1_b, su1_d, su1_t, dl1, sdl1_b, sdl1_d, sdl1_t, A1, sA1_d, sA1_n,
                             B1, sB1_b, sB1_g, sB1_n, sB1_t, B1_dpg, C1, sC1_b, sC1_g, sC1_n, sC1_t, C1_dpg, D1,
-                            bias1, z, sz_b, sz_d, sz_t, dout, sdo_b, sdo_d, sdo_t, states1, scratch,
-                            du1, ddl1, dz, dB1, dB1_g, dC1, dC1_g, dA1, dD1, dbias1,
+                            bias1, Wx1, wdt1, z, sz_b, sz_d, sz_t, dout, sdo_b, sdo_d, sdo_t, states1, scratch,
+                            du1, ddl1, dz, dB1, dB1_g, dC1, dC1_g, dA1, dD1, dbias1, dWx1, dwdt1,
                             pid_b, pid_d, dim, L, N, n_chunks,
-                            HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z, True, True, BLOCK_D, BLOCK_N, CHUNK)
+                            HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z, True, True, PROJ, BLOCK_D, BLOCK_N, CHUNK)

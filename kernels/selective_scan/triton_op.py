@@ -31,16 +31,27 @@ def block_sizes(dim: int, length: int, n: int, dpgs: tuple[int, ...]) -> tuple[i
     return block_d, block_n, 32, 1  # picked from the H100 sweep recorded in BENCHMARKS.md
 
 
-def _direction(rows, u, delta, A, B, C, D, delta_bias):
+def _direction(rows, u, delta, A, B, C, D, delta_bias, proj=None):
     """Kernel arguments of one direction for the batch rows `rows`: tensors with their strides, B and C as
-    (batch, G, N, L) views."""
+    (batch, G, N, L) views, then the projection weights (Wx, w_dt) when `proj` gives them (delta, B and C
+    are then None and u stands in for them, never read)."""
     dim = u.shape[1]
+    if proj is not None:
+        delta, B, C = u, u.unsqueeze(1), u.unsqueeze(1)
     u, delta = u[rows], delta[rows]
     B4 = (B if B.dim() == 4 else B.unsqueeze(1))[rows]
     C4 = (C if C.dim() == 4 else C.unsqueeze(1))[rows]
     return [u, *u.stride(), delta, *delta.stride(), A, *A.stride(),
             B4, *B4.stride(), dim // B4.shape[1], C4, *C4.stride(), dim // C4.shape[1],
-            u if D is None else D, u if delta_bias is None else delta_bias]
+            u if D is None else D, u if delta_bias is None else delta_bias, *(proj or (u, u))]
+
+
+def _config(u, A, B, C, B_rev, C_rev, proj):
+    """(BLOCK_D, BLOCK_N, CHUNK, num_warps): `block_sizes`, or one group of e channels per program with
+    the projection weights (Wx, w_dt)."""
+    if proj is not None:
+        return proj[0].shape[1], triton.next_power_of_2(A.shape[1]), 32, 1
+    return block_sizes(u.shape[1], u.shape[2], A.shape[1], _dpgs(u.shape[1], B, C, B_rev, C_rev))
 
 
 # Rows of the batch per launch: the grid's second axis takes at most 65535, the backward's scratch
@@ -91,13 +102,14 @@ def _device_of(t):
 
 
 def _launch_fwd(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev, z,
-                delta_softplus, reverse, save_states):
+                delta_softplus, reverse, save_states, proj=None, proj_rev=None):
     """out (batch, dim, L) in u's dtype, last state (batch, dim, N) float32 (one direction only), and the
-    states at chunk starts of each direction, (batch, dim, chunks, N) float32 (empty unless save_states)."""
+    states at chunk starts of each direction, (batch, dim, chunks, N) float32 (empty unless save_states).
+    proj, proj_rev: (Wx, w_dt) of each direction for the kernels' PROJ mode, or None."""
     batch, dim, length = u.shape
     n = A.shape[1]
     bidir = u_rev is not None
-    block_d, block_n, chunk, warps = block_sizes(dim, length, n, _dpgs(dim, B, C, B_rev, C_rev))
+    block_d, block_n, chunk, warps = _config(u, A, B, C, B_rev, C_rev, proj)
     chunks = _n_chunks(length, chunk)
     out = torch.empty(batch, dim, length, dtype=u.dtype, device=u.device)
     last = torch.empty(batch, dim, n, dtype=torch.float32, device=u.device)
@@ -105,8 +117,8 @@ def _launch_fwd(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev
     states = [torch.empty(states_shape, dtype=torch.float32, device=u.device) for _ in range(1 + bidir)]
     tensors = [u, delta, B, C, u_rev, delta_rev, B_rev, C_rev, z, out, *states]
     for rows in _row_slices(batch, _rows_for_32bit(tensors)):
-        dir0 = _direction(rows, u, delta, A, B, C, D, delta_bias) + [_rows(states[0], rows)]
-        dir1 = _direction(rows, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev) \
+        dir0 = _direction(rows, u, delta, A, B, C, D, delta_bias, proj) + [_rows(states[0], rows)]
+        dir1 = _direction(rows, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev, proj_rev) \
             + [_rows(states[1], rows)] if bidir else dir0
         gate = [u, 0, 0, 0] if z is None else [z[rows], *z.stride()]
         o = out[rows]
@@ -114,8 +126,8 @@ def _launch_fwd(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev
             s6_fwd_kernel[(triton.cdiv(dim, block_d), o.shape[0])](
                 *dir0, *dir1, *gate, o, *o.stride(), last[rows], dim, length, n, chunks,
                 HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
-                REVERSE=reverse, BIDIR=bidir, SAVE_STATES=save_states, BLOCK_D=block_d, BLOCK_N=block_n,
-                CHUNK=chunk, num_warps=warps,
+                REVERSE=reverse, BIDIR=bidir, SAVE_STATES=save_states, PROJ=proj is not None, BLOCK_D=block_d,
+                BLOCK_N=block_n, CHUNK=chunk, num_warps=warps,
             )
     return out, last, states[0], states[-1] if bidir else torch.empty(0, device=u.device)
 
@@ -146,22 +158,27 @@ def _(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D
             states.new_empty(states_shape if u_rev is not None else (0,)))
 
 
-def _grad_buffers(u, delta, A, B, C, D, delta_bias):
+def _grad_buffers(u, delta, A, B, C, D, delta_bias, proj=None):
     """du, ddelta (contiguous, inputs' dtypes); dB, dC float32 (batch, G, N, L) zeros (added to atomically);
-    dA, dD, dbias float32 per-sequence partials."""
+    dA, dD, dbias float32 per-sequence partials; with `proj` no ddelta, dB, dC (empty) but dWx
+    (batch, dim, 1 + 2N) and dw_dt (batch, dim) float32 per-sequence partials."""
     batch, dim, length = u.shape
     n = A.shape[1]
     f32 = dict(dtype=torch.float32, device=u.device)
-    return [torch.empty(u.shape, dtype=u.dtype, device=u.device),
-            torch.empty(delta.shape, dtype=delta.dtype, device=u.device),
+    du = torch.empty(u.shape, dtype=u.dtype, device=u.device)
+    per_row = [torch.empty(batch, dim, n, **f32), torch.empty(batch, dim, **f32), torch.empty(batch, dim, **f32)]
+    if proj is not None:
+        empty = u.new_empty(0)
+        return [du, empty, empty, 1, empty, 1, *per_row, torch.empty(batch, dim, 1 + 2 * n, **f32),
+                torch.empty(batch, dim, **f32)]
+    return [du, torch.empty(delta.shape, dtype=delta.dtype, device=u.device),
             torch.zeros(batch, _groups(B), n, length, **f32), _groups(B),
-            torch.zeros(batch, _groups(C), n, length, **f32), _groups(C),
-            torch.empty(batch, dim, n, **f32), torch.empty(batch, dim, **f32), torch.empty(batch, dim, **f32)]
+            torch.zeros(batch, _groups(C), n, length, **f32), _groups(C), *per_row, du, du]
 
 
 def _finish_grads(buffers, B, C, A, D, delta_bias):
     """Kernel buffers -> gradients shaped and typed like (u, delta, A, B, C, D, delta_bias); absent -> empty."""
-    du, ddelta, dB, _, dC, _, dA, dD, dbias = buffers
+    du, ddelta, dB, _, dC, _, dA, dD, dbias, _, _ = buffers
     dB = (dB if B.dim() == 4 else dB[:, 0]).to(B.dtype)
     dC = (dC if C.dim() == 4 else dC[:, 0]).to(C.dtype)
     dD = du.new_empty(0) if D is None else dD.sum(0).to(D.dtype)
@@ -169,17 +186,16 @@ def _finish_grads(buffers, B, C, A, D, delta_bias):
     return [du, ddelta, dA.sum(0).to(A.dtype), dB, dC, dD, dbias]
 
 
-def _launch_bwd(dout, states, states_rev, u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev,
-                D_rev, delta_bias_rev, z, delta_softplus, reverse):
-    """Gradients of (u, delta, A, B, C, D, delta_bias), then of the reverse direction's seven, then of z;
-    an empty tensor stands for an absent input."""
+def _launch_bwd_buffers(dout, states, states_rev, u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev,
+                        C_rev, D_rev, delta_bias_rev, z, delta_softplus, reverse, proj=None, proj_rev=None):
+    """Run the backward kernel; returns the gradient buffers of each direction (`_grad_buffers`) and dz."""
     batch, dim, length = u.shape
     n = A.shape[1]
     bidir = u_rev is not None
-    block_d, block_n, chunk, warps = block_sizes(dim, length, n, _dpgs(dim, B, C, B_rev, C_rev))
+    block_d, block_n, chunk, warps = _config(u, A, B, C, B_rev, C_rev, proj)
     programs = triton.cdiv(dim, block_d)
-    g0 = _grad_buffers(u, delta, A, B, C, D, delta_bias)
-    g1 = _grad_buffers(u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev) if bidir else g0
+    g0 = _grad_buffers(u, delta, A, B, C, D, delta_bias, proj)
+    g1 = _grad_buffers(u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev, proj_rev) if bidir else g0
     dz = torch.empty(u.shape, dtype=z.dtype, device=u.device) if z is not None else u.new_empty(0)
     per_row = programs * chunk * block_d * block_n
     tensors = [dout, states, states_rev, u, delta, B, C, u_rev, delta_rev, B_rev, C_rev, z, dz,
@@ -191,8 +207,8 @@ def _launch_bwd(dout, states, states_rev, u, delta, A, B, C, D, delta_bias, u_re
         return [b if isinstance(b, int) else b[rows] for b in buffers]
 
     for rows in slices:
-        dir0 = _direction(rows, u, delta, A, B, C, D, delta_bias) + [states[rows]] + grads(g0, rows)
-        dir1 = _direction(rows, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev) \
+        dir0 = _direction(rows, u, delta, A, B, C, D, delta_bias, proj) + [states[rows]] + grads(g0, rows)
+        dir1 = _direction(rows, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev, proj_rev) \
             + [states_rev[rows]] + grads(g1, rows) if bidir else dir0
         gate = [u, 0, 0, 0] if z is None else [z[rows], *z.stride()]
         do = dout[rows]
@@ -201,8 +217,19 @@ def _launch_bwd(dout, states, states_rev, u, delta, A, B, C, D, delta_bias, u_re
                 *dir0, *dir1, *gate, do, *do.stride(), dz[rows] if z is not None else u, scratch,
                 dim, length, n, _n_chunks(length, chunk),
                 HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
-                REVERSE=reverse, BIDIR=bidir, BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=warps,
+                REVERSE=reverse, BIDIR=bidir, PROJ=proj is not None, BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk,
+                num_warps=warps,
             )
+    return g0, g1, dz
+
+
+def _launch_bwd(dout, states, states_rev, u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev,
+                D_rev, delta_bias_rev, z, delta_softplus, reverse):
+    """Gradients of (u, delta, A, B, C, D, delta_bias), then of the reverse direction's seven, then of z;
+    an empty tensor stands for an absent input."""
+    bidir = u_rev is not None
+    g0, g1, dz = _launch_bwd_buffers(dout, states, states_rev, u, delta, A, B, C, D, delta_bias, u_rev, delta_rev,
+                                     A_rev, B_rev, C_rev, D_rev, delta_bias_rev, z, delta_softplus, reverse)
     grads = _finish_grads(g0, B, C, A, D, delta_bias)
     if bidir:
         grads += _finish_grads(g1, B_rev, C_rev, A_rev, D_rev, delta_bias_rev)
@@ -275,15 +302,17 @@ class _EagerScan(torch.autograd.Function):
         return _gradients(ctx, dout, _launch_bwd)
 
 
-def _scan(*inputs):
-    """The custom op while torch.compile traces, the autograd Function otherwise."""
-    u, A = inputs[0], inputs[2]
-    batch, dim, length = u.shape
-    # The kernels index with 32-bit offsets; the launchers slice the batch so that offsets from each slice's
-    # base fit, which leaves one batch row's backward scratch (dim * CHUNK * N floats) as the limit.
-    if dim * 32 * triton.next_power_of_2(A.shape[1]) >= 2**31:
+def _check_row_scratch(u, A):
+    """The kernels index with 32-bit offsets; the launchers slice the batch so that offsets from each slice's
+    base fit, which leaves one batch row's backward scratch (dim * CHUNK * N floats) as the limit."""
+    if u.shape[1] * 32 * triton.next_power_of_2(A.shape[1]) >= 2**31:
         raise ValueError(f"u: the Triton kernels take dim * 32 * N below 2**31, got shape {tuple(u.shape)} with "
                          f"N={A.shape[1]}; use backend='torch'")
+
+
+def _scan(*inputs):
+    """The custom op while torch.compile traces, the autograd Function otherwise."""
+    _check_row_scratch(inputs[0], inputs[2])
     if torch.compiler.is_compiling():
         return selective_scan_fwd(*inputs)
     return _EagerScan.apply(*inputs)
@@ -304,3 +333,49 @@ def selective_scan_bidirectional_triton(forward, backward, z=None, delta_softplu
     inputs = (*forward, *backward, z)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     return _scan(*forward, *backward, z, delta_softplus, False, save)[0]
+
+
+def _per_weight(t: torch.Tensor, e: int) -> torch.Tensor:
+    """(batch, groups * e, ...) per-channel partial sums -> (e, ...): summed over the batch and the groups."""
+    return t.sum(0).unflatten(0, (-1, e)).sum(0)
+
+
+class _ProjectedScan(torch.autograd.Function):
+    """The fused pair of directions in the kernels' PROJ mode: delta, B and C computed from u in the kernels.
+
+    Per direction: u (batch, groups * e, L), A (e, N), Wx (1 + 2N, e), w_dt (e,), D (e,), bias (e,)."""
+
+    @staticmethod
+    def forward(ctx, z, *inputs):
+        (u, A, Wx, wdt, D, bias), rev = inputs[:6], inputs[6:]
+        proj, proj_rev = ((w.float().contiguous(), v.float().contiguous()) for w, v in ((Wx, wdt), rev[2:4]))
+        save = any(t.requires_grad for t in inputs + (z,))
+        out, _, states, states_rev = _launch_fwd(u, None, A, None, None, D, bias, rev[0], None, rev[1], None, None,
+                                                 rev[4], rev[5], z, True, False, save, proj, proj_rev)
+        ctx.save_for_backward(z, *inputs, states, states_rev)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        z, *inputs, states, states_rev = ctx.saved_tensors
+        (u, A, Wx, wdt, D, bias), rev = inputs[:6], inputs[6:]
+        proj, proj_rev = ((w.float().contiguous(), v.float().contiguous()) for w, v in ((Wx, wdt), rev[2:4]))
+        g0, g1, dz = _launch_bwd_buffers(dout, states, states_rev, u, None, A, None, None, D, bias, rev[0], None,
+                                         rev[1], None, None, rev[4], rev[5], z, True, False, proj, proj_rev)
+        e = Wx.shape[1]
+        grads = []
+        for (du, _, _, _, _, _, dA, dD, dbias, dWx, dwdt), (_, A_, Wx_, wdt_, D_, bias_) in ((g0, inputs[:6]),
+                                                                                           (g1, rev)):
+            grads += [du, _per_weight(dA, e).to(A_.dtype), _per_weight(dWx, e).T.to(Wx_.dtype),
+                      _per_weight(dwdt, e).to(wdt_.dtype), _per_weight(dD, e).to(D_.dtype),
+                      _per_weight(dbias, e).to(bias_.dtype)]
+        return (dz, *grads)
+
+
+@torch.compiler.disable
+def selective_scan_projected_triton(forward, backward, z):
+    """`selective_scan_projected_bidirectional_fn` through the kernels' PROJ mode (e a power of two):
+    `forward` and `backward` are (u, A, x_weight, dt_weight, dt_bias, D)."""
+    _check_row_scratch(forward[0], forward[1])
+    (u, A, Wx, wdt, bias, D), (u_r, A_r, Wx_r, wdt_r, bias_r, D_r) = forward, backward
+    return _ProjectedScan.apply(z, u, A, Wx, wdt, D, bias, u_r, A_r, Wx_r, wdt_r, D_r, bias_r)

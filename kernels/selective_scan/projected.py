@@ -1,0 +1,80 @@
+"""`selective_scan_projected_bidirectional_fn`: the fused pair of S6 directions with delta, B and C
+projected from u itself, in groups of e channels (ViM2's channel-wise selective mixer).
+
+For each group of e consecutive channels of u (one token's features) and each step t, with v_t = its e
+values and x_weight = (W_r; W_B; W_C) of shape (1 + 2N, e) (Mamba's x_proj with dt_rank 1):
+    delta = softplus(dt_weight * <W_r, v_t> + dt_bias),   B_t = W_B v_t,   C_t = W_C v_t   (shared by the group)
+then `selective_scan_bidirectional_fn` with delta_softplus. The Triton backend computes delta, B and C in
+the kernels (forward and backward) so no (batch, groups, N, L) tensor is formed; the PyTorch path forms
+them and runs the two scans.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._backend import HAS_TRITON, resolve_backend
+from .._checks import check_tensor, compute_dtype
+from .bidirectional import _pair, selective_scan_bidirectional_fn
+
+if HAS_TRITON:
+    from .triton_op import selective_scan_projected_triton
+
+_NAMES = ("u", "A", "x_weight", "dt_weight", "dt_bias", "D")
+
+
+def _check(args, z):
+    u = args[0]
+    if not isinstance(u, torch.Tensor):
+        raise ValueError(f"u: expected a tensor of shape (batch, groups * e, L), got {type(u).__name__}")
+    check_tensor("u", u, "(batch, groups * e, L)", (None, None, None), u.device)
+    A = args[1]
+    check_tensor("A", A, "(e, N)", (None, None), u.device)
+    e, n = A.shape
+    if u.shape[1] % e or u.shape[2] == 0:
+        raise ValueError(f"u: expected (batch, groups * e, L) with e={e} (A's rows) dividing the channels and "
+                         f"L >= 1, got {tuple(u.shape)}")
+    check_tensor("x_weight", args[2], "(1 + 2N, e)", (1 + 2 * n, e), u.device)
+    for name, t in zip(_NAMES[3:], args[3:]):
+        check_tensor(name, t, "(e,)", (e,), u.device)
+    check_tensor("z", z, "(batch, groups * e, L)", tuple(u.shape), u.device)
+
+
+def _explicit(u, A, x_weight, dt_weight, dt_bias, D):
+    """The direction's (u, delta, A, B, C, D, delta_bias) for the generic scan: B/C grouped per e channels."""
+    batch, dim, length = u.shape
+    e = A.shape[0]
+    v = u.unflatten(1, (dim // e, e))  # (batch, groups, e, L)
+    proj = torch.einsum("kj,bgjl->bgkl", x_weight.to(v.dtype), v)  # (batch, groups, 1 + 2N, L)
+    n = A.shape[1]
+    delta = (dt_weight.to(v.dtype)[:, None] * proj[:, :, :1]).reshape(batch, dim, length)
+    groups = dim // e
+    return (u, delta, A.repeat(groups, 1), proj[:, :, 1:1 + n], proj[:, :, 1 + n:], D.repeat(groups),
+            dt_bias.repeat(groups))
+
+
+def selective_scan_projected_bidirectional_fn(u, A, x_weight, dt_weight, dt_bias, D, *, z, backend="auto"):
+    """Each of u, A, x_weight, dt_weight, dt_bias, D is a pair (forward direction, backward direction).
+
+    u: (batch, groups * e, L) with each group's e channels consecutive; A: (e, N); x_weight: (1 + 2N, e);
+    dt_weight, dt_bias, D: (e,); z: (batch, groups * e, L). Returns
+    (scan(forward) + scan_reversed(backward)) * silu(z), (batch, groups * e, L) in u's dtype.
+    """
+    pairs = [_pair(name, value) for name, value in zip(_NAMES, (u, A, x_weight, dt_weight, dt_bias, D))]
+    forward, backward = tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
+    for which, args in (("forward", forward), ("backward", backward)):
+        try:
+            _check(args, z)
+        except ValueError as err:
+            raise ValueError(f"{which} direction: {err}") from None
+    if backward[0].shape != forward[0].shape or backward[1].shape != forward[1].shape:
+        raise ValueError(f"u, A: the backward direction's shapes {tuple(backward[0].shape)}, "
+                         f"{tuple(backward[1].shape)} must equal the forward direction's {tuple(forward[0].shape)}, "
+                         f"{tuple(forward[1].shape)}")
+    e = forward[1].shape[0]
+    float64 = compute_dtype(*forward, *backward, z) == torch.float64
+    backend = resolve_backend(backend, forward[0], has_kernel=True, float64=float64)
+    if backend == "triton" and e & (e - 1) == 0:
+        return selective_scan_projected_triton(forward, backward, z)
+    explicit = [_explicit(*args) for args in (forward, backward)]
+    return selective_scan_bidirectional_fn(*zip(*explicit), z=z, delta_softplus=True, backend=backend)

@@ -1,0 +1,131 @@
+"""The S6 pair with delta/B/C projected from u (ViM2's channel mixer): the PyTorch path against the float64
+recurrence, the Triton kernels' PROJ mode (interpreted on CPU) against it with every gradient, bad input."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mambamixer.kernels import selective_scan_projected_bidirectional_fn, selective_scan_ref
+from mambamixer.kernels.selective_scan import triton_op
+
+from helpers import rel_err
+
+NAMES = ("u", "A", "x_weight", "dt_weight", "dt_bias", "D")
+
+
+def inputs(batch=2, groups=3, e=2, n=3, length=7, seed=0, dtype=torch.float64):
+    """Pairs (forward, backward) of the op's arguments and z, float64 leaves."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=g, dtype=torch.float64)).to(dtype).requires_grad_(True)
+
+    def direction():
+        return dict(u=r(batch, groups * e, length), A=(-(0.5 + torch.rand(e, n, generator=g, dtype=torch.float64)))
+                    .to(dtype).requires_grad_(True), x_weight=r(1 + 2 * n, e, scale=0.7), dt_weight=r(e),
+                    dt_bias=r(e, scale=0.5), D=r(e))
+
+    return direction(), direction(), r(batch, groups * e, length)
+
+
+def call(fwd, bwd, z, **kw):
+    return selective_scan_projected_bidirectional_fn(*[(fwd[k], bwd[k]) for k in NAMES], z=z, **kw)
+
+
+def by_recurrence(fwd, bwd, z):
+    """Per token and step, delta/B/C from the token's e values, then the float64 recurrence each way."""
+    ys = []
+    for d, reverse in ((fwd, False), (bwd, True)):
+        batch, dim, length = d["u"].shape
+        e, n = d["A"].shape
+        v = d["u"].reshape(batch, dim // e, e, length)
+        W = d["x_weight"]
+        r = (W[0][None, None, :, None] * v).sum(2)  # (batch, groups, L)
+        B = torch.stack([(W[1 + k][None, None, :, None] * v).sum(2) for k in range(n)], 2)
+        C = torch.stack([(W[1 + n + k][None, None, :, None] * v).sum(2) for k in range(n)], 2)
+        delta = (d["dt_weight"][None, None, :, None] * r[:, :, None]).reshape(batch, dim, length)
+        reps = dim // e
+        ys.append(selective_scan_ref(d["u"], delta, d["A"].repeat(reps, 1), B, C, d["D"].repeat(reps), None,
+                                     d["dt_bias"].repeat(reps), delta_softplus=True, reverse=reverse))
+    return (ys[0] + ys[1]) * F.silu(z)
+
+
+def leaves(fwd, bwd, z):
+    return [fwd[k] for k in NAMES] + [bwd[k] for k in NAMES] + [z]
+
+
+@pytest.mark.parametrize("length", [1, 7, 40])
+@pytest.mark.parametrize("e", [1, 2, 3])
+def test_torch_path_matches_recurrence(length, e):
+    fwd, bwd, z = inputs(e=e, length=length, seed=length + e)
+    assert rel_err(call(fwd, bwd, z, backend="torch"), by_recurrence(fwd, bwd, z)) < 1e-12
+
+
+@pytest.mark.parametrize("length,e,n", [(1, 2, 3), (7, 1, 3), (40, 2, 3), (7, 4, 16), (40, 4, 5), (7, 3, 3)])
+def test_kernels_match_recurrence_with_every_gradient(length, e, n):
+    """PROJ mode (one group of e channels per program; 40 steps cross two saved-state chunks); e = 3, not a
+    power of two, takes the explicit delta/B/C through the generic kernels."""
+    fwd, bwd, z = inputs(e=e, n=n, length=length, seed=length + 10 * e)
+    ref = by_recurrence(fwd, bwd, z)
+    f32 = [{k: v.detach().float().requires_grad_(True) for k, v in d.items()} for d in (fwd, bwd)]
+    z32 = z.detach().float().requires_grad_(True)
+    out = call(*f32, z32, backend="triton")
+    assert out.dtype == torch.float32 and rel_err(out, ref) < 1e-5
+    dout = torch.randn(ref.shape, dtype=torch.float64)
+    g_ref = torch.autograd.grad(ref, leaves(fwd, bwd, z), dout)
+    g_out = torch.autograd.grad(out, leaves(*f32, z32), dout.float())
+    names = [f"{k}[{w}]" for w in ("fwd", "bwd") for k in NAMES] + ["z"]
+    for name, mine, exact in zip(names, g_out, g_ref):
+        err = rel_err(mine, exact) if exact.norm() > 0 else mine.norm().item()  # dA at L = 1 is 0
+        assert err < 1e-5, name
+
+
+def test_kernels_across_launch_slices(monkeypatch):
+    """One batch row per launch and per backward launch."""
+    monkeypatch.setattr(triton_op, "MAX_GRID_Y", 1)
+    monkeypatch.setattr(triton_op, "SCRATCH_FLOATS", 1)
+    fwd, bwd, z = inputs(batch=3, length=9, seed=5)
+    f32 = [{k: v.detach().float().requires_grad_(True) for k, v in d.items()} for d in (fwd, bwd)]
+    out = call(*f32, z.detach().float(), backend="triton")
+    assert rel_err(out, by_recurrence(fwd, bwd, z)) < 1e-5
+    out.sum().backward()
+    ref_grad = torch.autograd.grad(by_recurrence(fwd, bwd, z).sum(), fwd["x_weight"])[0]
+    assert rel_err(f32[0]["x_weight"].grad, ref_grad) < 1e-5
+
+
+def test_kernels_in_bfloat16():
+    fwd, bwd, z = inputs(e=2, n=8, groups=4, length=33, seed=6)
+    low = [{k: v.detach().to(torch.float32 if k != "u" else torch.bfloat16) for k, v in d.items()}
+           for d in (fwd, bwd)]
+    out = call(*low, z.detach().bfloat16(), backend="triton")
+    exact = [{k: v.double() for k, v in d.items()} for d in low]
+    assert out.dtype == torch.bfloat16 and rel_err(out, by_recurrence(*exact, z.detach().bfloat16().double())) < 1e-2
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("u", torch.zeros(2, 5, 7), "u: expected .* e=2"),
+    ("A", torch.zeros(2), r"A: expected shape \(e, N\)"),
+    ("x_weight", torch.zeros(6, 2), r"x_weight: expected shape \(1 \+ 2N, e\) = \(7, 2\)"),
+    ("dt_weight", torch.zeros(3), r"dt_weight: expected shape \(e,\) = \(2\)"),
+    ("D", torch.zeros(2, 1), r"D: expected shape \(e,\)"),
+])
+def test_bad_input_names_the_argument(name, value, message):
+    fwd, bwd, z = inputs()
+    bwd = {**bwd, name: value}
+    with pytest.raises(ValueError, match="backward direction: " + message):
+        call(fwd, bwd, z, backend="torch")
+    with pytest.raises(ValueError, match=r"z: expected shape"):
+        call(fwd, inputs()[1], z[:, :, :3], backend="torch")
+    with pytest.raises(ValueError, match="expected a pair"):
+        selective_scan_projected_bidirectional_fn(fwd["u"], *[(fwd[k], fwd[k]) for k in NAMES[1:]], z=z)
+
+
+def test_kernels_under_torch_compile():
+    """The Triton path is a graph break for torch.compile, not an error; same values and gradients."""
+    fwd, bwd, z = inputs(length=9, seed=8)
+    f32 = [{k: v.detach().float().requires_grad_(True) for k, v in d.items()} for d in (fwd, bwd)]
+    compiled = torch.compile(lambda a, b, zz: call(a, b, zz, backend="triton"), backend="aot_eager")
+    out = compiled(*f32, z.detach().float())
+    assert rel_err(out, by_recurrence(fwd, bwd, z)) < 1e-5
+    out.sum().backward()
+    assert f32[1]["x_weight"].grad is not None and torch.isfinite(f32[1]["x_weight"].grad).all()
