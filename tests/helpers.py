@@ -1,7 +1,9 @@
-"""Random inputs for the scan ops and the error measure the tests share."""
+"""Random inputs for the scan ops, the error measure the tests share, and a callback that stops a run for
+resume tests."""
 
 from __future__ import annotations
 
+import lightning
 import torch
 
 
@@ -70,3 +72,15 @@ def grads(out: torch.Tensor, args: dict, seed=1) -> dict:
     w = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
     tensors = {k: v for k, v in args.items() if isinstance(v, torch.Tensor)}
     return dict(zip(tensors, torch.autograd.grad((out * w).sum(), list(tensors.values()), materialize_grads=True)))
+
+
+class StopAfterEpochs(lightning.Callback):
+    """Ends fitting after `epochs` epochs, after their checkpoints are written: a run that died there, for
+    resume tests (passed to train.py as `+callbacks.stop._target_=helpers.StopAfterEpochs`)."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True

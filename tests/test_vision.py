@@ -53,6 +53,27 @@ def test_synthetic_data_and_global_batch_in_log(tmp_path):
     assert "global batch 8 -> peak lr 0.00025" in (out_dir / "train.log").read_text() + result.stdout + result.stderr
 
 
+def test_resume_ends_at_the_uninterrupted_metrics(digits, tmp_path, monkeypatch):
+    """A run that died after its first epoch, resumed from last.ckpt: the optimizer, the per-step cosine
+    schedule, the EMA weights, Mixup/augmentation RNG and the sampler order continue, so every later metric
+    equals the uninterrupted run's."""
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # train.py imports helpers.StopAfterEpochs
+    common = ["experiment=vim2_digits", "data.num_workers=0", "data.batch_size=16", "trainer.limit_train_batches=3",
+              "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "trainer.max_epochs=3",
+              "task.warmup_epochs=1", "model.dims=[8,16,32,64]"]
+    whole, whole_dir = metrics_of(run(*common, f"hydra.run.dir={tmp_path / 'whole'}"))
+    run(*common, "+callbacks.stop._target_=helpers.StopAfterEpochs", "+callbacks.stop.epochs=1",
+        f"hydra.run.dir={tmp_path / 'first'}")
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    resumed, resumed_dir = metrics_of(run(*common, f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'resumed'}"))
+    assert resumed["epochs"] == whole["epochs"] == 3
+    for key in ("test/loss", "test/top1"):
+        assert resumed[key] == pytest.approx(whole[key], rel=1e-6), key
+    whole_log = (whole_dir / "logs" / "metrics.csv").read_text().splitlines()
+    resumed_log = (resumed_dir / "logs" / "metrics.csv").read_text().splitlines()
+    assert resumed_log[1:] == [line for line in whole_log[1:] if not line.startswith("0,")]  # epochs 1, 2 and test
+
+
 def make_folder(root: Path, digits: Path) -> Path:
     for split in ("train", "val"):
         for label in ("0", "1"):
