@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from .._checks import compute_dtype
 
 #: Run chunked below this many state elements per step (bench/s6_cpu.py on a 2-core CPU: chunked is
-#: 1.2-9x faster below it and no faster from 4096 up).
+#: 1.2-11x faster below it and no faster from 4096 up).
 CHUNK_BELOW = 2048
 #: State elements the chunked scan's inner loop updates per iteration (sets the number of chunks).
 CHUNK_WORK = 131072

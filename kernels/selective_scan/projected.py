@@ -5,8 +5,9 @@ For each group of e consecutive channels of u (one token's features) and each st
 values and x_weight = (W_r; W_B; W_C) of shape (1 + 2N, e) (Mamba's x_proj with dt_rank 1):
     delta = softplus(dt_weight * <W_r, v_t> + dt_bias),   B_t = W_B v_t,   C_t = W_C v_t   (shared by the group)
 then `selective_scan_bidirectional_fn` with delta_softplus. The Triton backend computes delta, B and C in
-the kernels (forward and backward) so no (batch, groups, N, L) tensor is formed; the PyTorch path forms
-them and runs the two scans.
+the kernels (forward and backward) so no (batch, groups, N, L) tensor is formed (for e a power of two;
+otherwise it forms them and runs the generic fused kernel); the PyTorch path forms them and runs the two
+scans.
 """
 
 from __future__ import annotations
