@@ -28,6 +28,23 @@ def _pair(name, value):
     return value
 
 
+def split_directions(names, values, check, a_index):
+    """(forward, backward) argument tuples from pairs named `names`, each checked by `check(args)` (its
+    ValueError prefixed with the direction), with equal shapes of u (first) and A (at `a_index`)."""
+    pairs = [_pair(name, value) for name, value in zip(names, values)]
+    forward, backward = tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
+    for which, args in (("forward", forward), ("backward", backward)):
+        try:
+            check(args)
+        except ValueError as err:
+            raise ValueError(f"{which} direction: {err}") from None
+    if backward[0].shape != forward[0].shape or backward[a_index].shape != forward[a_index].shape:
+        raise ValueError(f"u, A: the backward direction's shapes {tuple(backward[0].shape)}, "
+                         f"{tuple(backward[a_index].shape)} must equal the forward direction's "
+                         f"{tuple(forward[0].shape)}, {tuple(forward[a_index].shape)}")
+    return forward, backward
+
+
 def selective_scan_bidirectional_fn(u, delta, A, B, C, D=(None, None), delta_bias=(None, None), *, z=None,
                                     delta_softplus=False, backend="auto"):
     """Each of u, delta, A, B, C, D, delta_bias is a pair (forward direction, backward direction) with the
@@ -36,17 +53,8 @@ def selective_scan_bidirectional_fn(u, delta, A, B, C, D=(None, None), delta_bia
 
     D and delta_bias are given for both directions or for neither.
     """
-    pairs = [_pair(name, value) for name, value in zip(_NAMES, (u, delta, A, B, C, D, delta_bias))]
-    forward, backward = tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
-    for which, args in (("forward", forward), ("backward", backward)):
-        try:
-            check_selective_scan_args(*args[:5], args[5], None, args[6])
-        except ValueError as err:
-            raise ValueError(f"{which} direction: {err}") from None
-    if backward[0].shape != forward[0].shape or backward[2].shape != forward[2].shape:
-        raise ValueError(f"u, A: the backward direction's shapes {tuple(backward[0].shape)}, "
-                         f"{tuple(backward[2].shape)} must equal the forward direction's {tuple(forward[0].shape)}, "
-                         f"{tuple(forward[2].shape)}")
+    forward, backward = split_directions(_NAMES, (u, delta, A, B, C, D, delta_bias),
+                                         lambda a: check_selective_scan_args(*a[:5], a[5], None, a[6]), a_index=2)
     for i in (5, 6):
         if (forward[i] is None) != (backward[i] is None):
             raise ValueError(f"{_NAMES[i]}: give it for both directions or for neither")

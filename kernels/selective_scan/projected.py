@@ -16,7 +16,7 @@ import torch
 
 from .._backend import HAS_TRITON, resolve_backend
 from .._checks import check_tensor, compute_dtype
-from .bidirectional import _pair, selective_scan_bidirectional_fn
+from .bidirectional import selective_scan_bidirectional_fn, split_directions
 
 if HAS_TRITON:
     from .triton_op import selective_scan_projected_triton
@@ -61,17 +61,8 @@ def selective_scan_projected_bidirectional_fn(u, A, x_weight, dt_weight, dt_bias
     dt_weight, dt_bias, D: (e,); z: (batch, groups * e, L). Returns
     (scan(forward) + scan_reversed(backward)) * silu(z), (batch, groups * e, L) in u's dtype.
     """
-    pairs = [_pair(name, value) for name, value in zip(_NAMES, (u, A, x_weight, dt_weight, dt_bias, D))]
-    forward, backward = tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
-    for which, args in (("forward", forward), ("backward", backward)):
-        try:
-            _check(args, z)
-        except ValueError as err:
-            raise ValueError(f"{which} direction: {err}") from None
-    if backward[0].shape != forward[0].shape or backward[1].shape != forward[1].shape:
-        raise ValueError(f"u, A: the backward direction's shapes {tuple(backward[0].shape)}, "
-                         f"{tuple(backward[1].shape)} must equal the forward direction's {tuple(forward[0].shape)}, "
-                         f"{tuple(forward[1].shape)}")
+    forward, backward = split_directions(_NAMES, (u, A, x_weight, dt_weight, dt_bias, D), lambda a: _check(a, z),
+                                         a_index=1)
     e = forward[1].shape[0]
     float64 = compute_dtype(*forward, *backward, z) == torch.float64
     backend = resolve_backend(backend, forward[0], has_kernel=True, float64=float64)
