@@ -349,7 +349,7 @@ class _ProjectedScan(torch.autograd.Function):
     def forward(ctx, z, *inputs):
         (u, A, Wx, wdt, D, bias), rev = inputs[:6], inputs[6:]
         proj, proj_rev = ((w.float().contiguous(), v.float().contiguous()) for w, v in ((Wx, wdt), rev[2:4]))
-        save = any(t.requires_grad for t in inputs + (z,))
+        save = any(ctx.needs_input_grad)
         out, _, states, states_rev = _launch_fwd(u, None, A, None, None, D, bias, rev[0], None, rev[1], None, None,
                                                  rev[4], rev[5], z, True, False, save, proj, proj_rev)
         ctx.save_for_backward(z, *inputs, states, states_rev)
