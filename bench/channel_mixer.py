@@ -1,14 +1,15 @@
 """ViM2's channel-mixer scan on CUDA: delta/B/C projected inside the Triton kernels (PROJ) against the
 explicit path (delta, B, C formed by PyTorch, then the generic fused bidirectional kernel), same process.
 
-    python bench/channel_mixer.py --out DIR
+    python bench/channel_mixer.py --out DIR [--sweep]
 
 Checks first (float32, against the float64 PyTorch path): the op's output and every gradient, and the
 `ChannelWiseSelectiveMixer` layer on both backends. Then times `selective_scan_projected_bidirectional_fn`
 at vim2_tiny's four stage shapes (batch 64, 224 px: tokens x channels 3136 x 96 ... 49 x 768; e = 2,
 N = 16), u and z in bf16 under bf16 autocast as in training, forward and forward+backward (gradients of u,
 z and every weight), both paths, median of `do_bench_cudagraph`. Prints a table and writes
-DIR/channel_mixer.json.
+DIR/channel_mixer.json. --sweep instead times the projected op alone for each (token groups per program,
+warps) at each shape, the configuration the launcher picks marked, and writes DIR/channel_mixer_sweep.json.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ import triton
 from triton.testing import do_bench_cudagraph
 
 from mambamixer.kernels import selective_scan_bidirectional_fn, selective_scan_projected_bidirectional_fn
+from mambamixer.kernels.selective_scan import triton_op
 from mambamixer.kernels.selective_scan.projected import _explicit
 from mambamixer.mixer import ChannelWiseSelectiveMixer
 
 NAMES = ("u", "A", "x_weight", "dt_weight", "dt_bias", "D")
 SHAPES = [(64, 3136, 96), (64, 784, 192), (64, 196, 384), (64, 49, 768)]
+SWEEP = [(1, 1), (2, 1), (4, 1), (8, 1), (16, 1), (4, 2), (8, 2), (16, 2), (32, 2), (16, 4), (32, 4)]
 
 
 def direction(batch, tokens, channels, e, n, dtype, g):
@@ -85,13 +88,14 @@ def checks():
     return results
 
 
-def time_shape(batch, tokens, channels):
+def timers(batch, tokens, channels):
+    """{path: (forward, forward+backward)} closures over bf16 inputs at one shape."""
     g = torch.Generator(device="cuda").manual_seed(2)
     pair = [direction(batch, tokens, channels, 2, 16, torch.bfloat16, g) for _ in range(2)]
     z = torch.randn(batch, tokens * 2, channels, device="cuda", dtype=torch.bfloat16)
     leaves = [d[k].requires_grad_(True) for d in pair for k in NAMES] + [z.requires_grad_(True)]
     dout = torch.randn_like(z)
-    row = dict(batch=batch, tokens=tokens, channels=channels)
+    out = {}
     for name, fn in (("projected", projected), ("explicit", explicit)):
         def fwd(fn=fn):
             with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -100,17 +104,54 @@ def time_shape(batch, tokens, channels):
         def both(fwd=fwd):
             torch.autograd.grad(fwd(), leaves, dout)
 
-        row[f"{name}_fwd_ms"] = do_bench_cudagraph(fwd, rep=50, return_mode="median")
-        row[f"{name}_fwd_bwd_ms"] = do_bench_cudagraph(both, rep=50, return_mode="median")
+        out[name] = (fwd, both)
+    return out
+
+
+def bench(fn):
+    return do_bench_cudagraph(fn, rep=50, return_mode="median")
+
+
+def time_shape(batch, tokens, channels):
+    row = dict(batch=batch, tokens=tokens, channels=channels)
+    for name, (fwd, both) in timers(batch, tokens, channels).items():
+        row[f"{name}_fwd_ms"] = bench(fwd)
+        row[f"{name}_fwd_bwd_ms"] = bench(both)
     row["fwd_ratio"] = row["projected_fwd_ms"] / row["explicit_fwd_ms"]
     row["fwd_bwd_ratio"] = row["projected_fwd_bwd_ms"] / row["explicit_fwd_bwd_ms"]
     return row
 
 
+def sweep(out_dir):
+    """Forward and forward+backward ms of the projected op per (groups per program, warps) and shape, the
+    same configuration for both kernels; the launcher's picks (`proj_config`) last."""
+    picked = triton_op.proj_config
+    rows = []
+    print("| batch, tokens, channels | groups per program, warps | fwd ms | fwd+bwd ms |")
+    for shape in SHAPES:
+        fwd, both = timers(*shape)["projected"]
+        groups = shape[0] * shape[1]
+        for config in [*SWEEP, None]:
+            triton_op.proj_config = picked if config is None else lambda *_, config=config: config
+            label = "picked: fwd {}, bwd {}".format(*(picked(groups, b) for b in (False, True))) if config is None \
+                else "{}, {}".format(*config)
+            row = dict(shape=shape, config=label, fwd_ms=bench(fwd), fwd_bwd_ms=bench(both))
+            rows.append(row)
+            print(f"| {shape} | {label} | {row['fwd_ms']:.3f} | {row['fwd_bwd_ms']:.3f} |", flush=True)
+        triton_op.proj_config = picked
+    result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__, rows=rows)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "channel_mixer_sweep.json"), "w") as f:
+        json.dump(result, f, indent=1)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--sweep", action="store_true")
     args = parser.parse_args()
+    if args.sweep:
+        return sweep(args.out)
     result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                   checks=checks(), rows=[])
     print("| batch, tokens, channels | explicit fwd / fwd+bwd ms | projected fwd / fwd+bwd ms | ratio fwd / fwd+bwd |")

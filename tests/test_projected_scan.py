@@ -61,11 +61,8 @@ def test_torch_path_matches_recurrence(length, e):
     assert rel_err(call(fwd, bwd, z, backend="torch"), by_recurrence(fwd, bwd, z)) < 1e-12
 
 
-@pytest.mark.parametrize("length,e,n", [(1, 2, 3), (7, 1, 3), (40, 2, 3), (7, 4, 16), (40, 4, 5), (7, 3, 3)])
-def test_kernels_match_recurrence_with_every_gradient(length, e, n):
-    """PROJ mode (one group of e channels per program; 40 steps cross two saved-state chunks); e = 3, not a
-    power of two, takes the explicit delta/B/C through the generic kernels."""
-    fwd, bwd, z = inputs(e=e, n=n, length=length, seed=length + 10 * e)
+def check_kernels_with_every_gradient(fwd, bwd, z):
+    """The Triton path in float32 against the float64 recurrence: output and every input's gradient."""
     ref = by_recurrence(fwd, bwd, z)
     f32 = [{k: v.detach().float().requires_grad_(True) for k, v in d.items()} for d in (fwd, bwd)]
     z32 = z.detach().float().requires_grad_(True)
@@ -78,6 +75,26 @@ def test_kernels_match_recurrence_with_every_gradient(length, e, n):
     for name, mine, exact in zip(names, g_out, g_ref):
         err = rel_err(mine, exact) if exact.norm() > 0 else mine.norm().item()  # dA at L = 1 is 0
         assert err < 1e-5, name
+
+
+@pytest.mark.parametrize("length,e,n", [(1, 2, 3), (7, 1, 3), (40, 2, 3), (7, 4, 16), (40, 4, 5), (7, 3, 3)])
+def test_kernels_match_recurrence_with_every_gradient(length, e, n):
+    """PROJ mode (one group of e channels per program; 40 steps cross two saved-state chunks); e = 3, not a
+    power of two, takes the explicit delta/B/C through the generic kernels."""
+    check_kernels_with_every_gradient(*inputs(e=e, n=n, length=length, seed=length + 10 * e))
+
+
+@pytest.mark.parametrize("fwd_groups,bwd_groups,e,groups", [(1, 2, 2, 5), (16, 1, 4, 3), (2, 8, 2, 11)])
+def test_kernels_with_any_groups_per_program(monkeypatch, fwd_groups, bwd_groups, e, groups):
+    """Programs owning one or several groups (each summing B, C and delta over its own e rows; the last
+    program partly filled), the forward and backward kernels configured differently."""
+    monkeypatch.setattr(triton_op, "proj_config", lambda _, backward: (bwd_groups if backward else fwd_groups, 1))
+    check_kernels_with_every_gradient(*inputs(e=e, n=5, groups=groups, length=40, seed=3 * groups))
+
+
+def test_groups_per_program_by_problem_size():
+    assert [triton_op.proj_config(g, False)[0] for g in (3, 8191, 8192, 200704)] == [4, 4, 16, 16]
+    assert [triton_op.proj_config(g, True)[0] for g in (3, 32767, 32768, 200704)] == [4, 4, 8, 8]
 
 
 def test_kernels_across_launch_slices(monkeypatch):

@@ -16,11 +16,11 @@ float32 buffer atomically. A fused bidirectional launch runs direction 0 first-t
 last-to-first in the same program; the second pass adds its output to the first one's before the gate,
 so no flipped copy is made.
 
-PROJ (ViM2's channel mixer): delta, B and C are not read but computed from u itself. A program owns one
-group of BLOCK_D = e channels (one token's features); per step r = <W_r, u_t>, delta = w_dt r + bias,
-B_t = W_B u_t, C_t = W_C u_t with W = (W_r; W_B; W_C) of shape (1 + 2N, e). The backward folds dB_t, dC_t
-and d(delta) into du and into per-program sums of the weights' gradients, so no per-step delta, B or C
-tensor exists in memory in either direction.
+PROJ (ViM2's channel mixer): delta, B and C are not read but computed from u itself. A program owns
+BLOCK_D / E whole groups of E channels (one token's features each); per step and group r = <W_r, u_t>,
+delta = w_dt r + bias, B_t = W_B u_t, C_t = W_C u_t with W = (W_r; W_B; W_C) of shape (1 + 2N, E), held on
+each of the group's rows. The backward folds dB_t, dC_t and d(delta) into du and into per-channel sums of
+the weights' gradients, so no per-step delta, B or C tensor exists in memory in either direction.
 """
 
 from __future__ import annotations
@@ -39,11 +39,26 @@ def _softplus(x):
 
 
 @triton.jit
-def _param_rows(offs_d, PROJ: tl.constexpr, BLOCK_D: tl.constexpr):
+def _group_sum(x, E: tl.constexpr, BLOCK_D: tl.constexpr):
+    """x (BLOCK_D, K) summed over each group of E consecutive rows, the sum given back on every row of it."""
+    K: tl.constexpr = x.shape[1]
+    s = tl.sum(tl.reshape(x, (BLOCK_D // E, E, K)), axis=1, keep_dims=True)
+    return tl.reshape(tl.broadcast_to(s, (BLOCK_D // E, E, K)), (BLOCK_D, K))
+
+
+@triton.jit
+def _group_sum_1d(x, E: tl.constexpr, BLOCK_D: tl.constexpr):
+    """x (BLOCK_D,) summed over each group of E consecutive rows, the sum given back on every row of it."""
+    s = tl.sum(tl.reshape(x, (BLOCK_D // E, E)), axis=1, keep_dims=True)
+    return tl.reshape(tl.broadcast_to(s, (BLOCK_D // E, E)), (BLOCK_D,))
+
+
+@triton.jit
+def _param_rows(offs_d, PROJ: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr):
     """Rows of A, D and delta_bias for the program's channels: the channels, or with PROJ their place in
-    the group."""
+    their group."""
     if PROJ:
-        rows = tl.arange(0, BLOCK_D)
+        rows = tl.arange(0, BLOCK_D) % E
     else:
         rows = offs_d
     return rows
@@ -63,17 +78,17 @@ def _load_channel_params(bias_ptr, D_ptr, offs_d, mask_d, HAS_BIAS: tl.constexpr
 
 
 @triton.jit
-def _load_projection(Wx_ptr, wdt_ptr, N, offs_n, mask_n, PROJ: tl.constexpr, BLOCK_D: tl.constexpr,
-                     BLOCK_N: tl.constexpr):
-    """W_r, w_dt (BLOCK_D,) and W_B, W_C as (BLOCK_D, BLOCK_N) [channel, state], float32; zeros unless PROJ.
-    Wx: contiguous (1 + 2N, BLOCK_D); wdt: (BLOCK_D,)."""
-    offs_j = tl.arange(0, BLOCK_D)
+def _load_projection(Wx_ptr, wdt_ptr, N, offs_n, mask_n, PROJ: tl.constexpr, E: tl.constexpr,
+                     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """W_r, w_dt (BLOCK_D,) and W_B, W_C as (BLOCK_D, BLOCK_N) [channel, state] for each channel's place in
+    its group, float32; zeros unless PROJ. Wx: contiguous (1 + 2N, E); wdt: (E,)."""
+    offs_j = tl.arange(0, BLOCK_D) % E
     if PROJ:
         Wr = tl.load(Wx_ptr + offs_j).to(tl.float32)
         wdt = tl.load(wdt_ptr + offs_j).to(tl.float32)
-        rows = (1 + offs_n[None, :]) * BLOCK_D + offs_j[:, None]
+        rows = (1 + offs_n[None, :]) * E + offs_j[:, None]
         WB = tl.load(Wx_ptr + rows, mask=mask_n[None, :], other=0.0).to(tl.float32)
-        WC = tl.load(Wx_ptr + rows + N * BLOCK_D, mask=mask_n[None, :], other=0.0).to(tl.float32)
+        WC = tl.load(Wx_ptr + rows + N * E, mask=mask_n[None, :], other=0.0).to(tl.float32)
     else:
         Wr = tl.zeros((BLOCK_D,), dtype=tl.float32)
         wdt = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -83,29 +98,30 @@ def _load_projection(Wx_ptr, wdt_ptr, N, offs_n, mask_n, PROJ: tl.constexpr, BLO
 
 
 @triton.jit
-def _load_C(C_ptr, sC_t, t, u, WC, mask_n, valid, PROJ: tl.constexpr):
-    """C_t (BLOCK_N,), float32: read, or W_C u_t with PROJ."""
+def _load_C(C_ptr, sC_t, t, u, WC, mask_n, valid, PROJ: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr):
+    """C_t, float32: read as (1, BLOCK_N), or with PROJ W_C u_t of each channel's group, (BLOCK_D, BLOCK_N)."""
     if PROJ:
-        Ct = tl.sum(u[:, None] * WC, axis=0)
+        Ct = _group_sum(u[:, None] * WC, E, BLOCK_D)
     else:
-        Ct = tl.load(C_ptr + t * sC_t, mask=mask_n & valid, other=0.0).to(tl.float32)
+        Ct = tl.load(C_ptr + t * sC_t, mask=mask_n & valid, other=0.0).to(tl.float32)[None, :]
     return Ct
 
 
 @triton.jit
 def _step_inputs(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, bias, Wr, wdt, WB, t, mask_d, mask_n, valid,
-                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, PROJ: tl.constexpr):
-    """u_t, delta before softplus, dt (0 on an invalid step: a pass-through), B_t and r = <W_r, u_t> (0
-    unless PROJ); float32."""
+                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, PROJ: tl.constexpr, E: tl.constexpr,
+                 BLOCK_D: tl.constexpr):
+    """u_t, delta before softplus, dt (0 on an invalid step: a pass-through), B_t as in `_load_C` and
+    r = <W_r, u_t> of each channel's group (0 unless PROJ); float32."""
     u = tl.load(u_ptr + t * su_t, mask=mask_d & valid, other=0.0).to(tl.float32)
     if PROJ:
-        r = tl.sum(u * Wr, axis=0)
+        r = _group_sum_1d(u * Wr, E, BLOCK_D)
         dl = wdt * r
-        Bt = tl.sum(u[:, None] * WB, axis=0)
+        Bt = _group_sum(u[:, None] * WB, E, BLOCK_D)
     else:
         r = 0.0
         dl = tl.load(dl_ptr + t * sdl_t, mask=mask_d & valid, other=0.0).to(tl.float32)
-        Bt = tl.load(B_ptr + t * sB_t, mask=mask_n & valid, other=0.0).to(tl.float32)
+        Bt = tl.load(B_ptr + t * sB_t, mask=mask_n & valid, other=0.0).to(tl.float32)[None, :]
     if HAS_BIAS:
         dl += bias
     if SOFTPLUS:
@@ -130,20 +146,20 @@ def _scan_fwd_direction(
     pid_b, pid_d, dim, L, N, n_chunks,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, GATE: tl.constexpr,
     REVERSE: tl.constexpr, ACCUMULATE: tl.constexpr, SAVE_STATES: tl.constexpr, STORE_LAST: tl.constexpr,
-    PROJ: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    PROJ: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
     """One direction's forward. states: (batch, dim, n_chunks, N) float32, the state before each CHUNK
     steps in scan order; last: (batch, dim, N) float32, the state after the last step. With PROJ, A, D and
-    delta_bias are (BLOCK_D, ...): one row per channel of a group."""
+    delta_bias are (E, ...): one row per place in a group."""
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     mask_d, mask_n = offs_d < dim, offs_n < N
     mask_dn = mask_d[:, None] & mask_n[None, :]
-    offs_p = _param_rows(offs_d, PROJ, BLOCK_D)
+    offs_p = _param_rows(offs_d, PROJ, E, BLOCK_D)
     A2 = tl.load(A_ptr + offs_p[:, None] * sA_d + offs_n[None, :] * sA_n, mask=mask_dn, other=0.0).to(tl.float32)
     A2 = A2 * 1.4426950408889634  # exp(dt A) = exp2(dt A log2 e)
     bias, Dv = _load_channel_params(bias_ptr, D_ptr, offs_p, mask_d, HAS_BIAS, HAS_D, BLOCK_D)
-    Wr, wdt, WB, WC = _load_projection(Wx_ptr, wdt_ptr, N, offs_n, mask_n, PROJ, BLOCK_D, BLOCK_N)
+    Wr, wdt, WB, WC = _load_projection(Wx_ptr, wdt_ptr, N, offs_n, mask_n, PROJ, E, BLOCK_D, BLOCK_N)
     # All BLOCK_D channels share one group of B and one of C (the launcher picks BLOCK_D so).
     B_ptr += pid_b * sB_b + ((pid_d * BLOCK_D) // B_dpg) * sB_g + offs_n * sB_n
     C_ptr += pid_b * sC_b + ((pid_d * BLOCK_D) // C_dpg) * sC_g + offs_n * sC_n
@@ -161,10 +177,10 @@ def _scan_fwd_direction(
         if SAVE_STATES:
             tl.store(states_ptr + state_offs + (i // CHUNK) * N, h, mask=mask_dn & (i % CHUNK == 0))
         u, dl, dt, Bt, r = _step_inputs(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, bias, Wr, wdt, WB, t, mask_d,
-                                        mask_n, True, HAS_BIAS, SOFTPLUS, PROJ)
-        Ct = _load_C(C_ptr, sC_t, t, u, WC, mask_n, True, PROJ)
-        h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
-        y = tl.sum(h * Ct[None, :], axis=1)
+                                        mask_n, True, HAS_BIAS, SOFTPLUS, PROJ, E, BLOCK_D)
+        Ct = _load_C(C_ptr, sC_t, t, u, WC, mask_n, True, PROJ, E, BLOCK_D)
+        h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt
+        y = tl.sum(h * Ct, axis=1)
         if HAS_D:
             y += Dv * u
         if ACCUMULATE:
@@ -192,7 +208,7 @@ def _scan_bwd_direction(
     pid_b, pid_d, dim, L, N, n_chunks,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, GATE: tl.constexpr,
     REVERSE: tl.constexpr, ACCUMULATE: tl.constexpr,
-    PROJ: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    PROJ: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
     """Gradients of one direction. du, ddelta, dz: contiguous (batch, dim, L) in the inputs' dtypes;
     dB, dC: float32 (batch, groups, N, L), added to atomically; dA (batch, dim, N), dD and dbias
@@ -204,11 +220,11 @@ def _scan_bwd_direction(
     offs_n = tl.arange(0, BLOCK_N)
     mask_d, mask_n = offs_d < dim, offs_n < N
     mask_dn = mask_d[:, None] & mask_n[None, :]
-    offs_p = _param_rows(offs_d, PROJ, BLOCK_D)
+    offs_p = _param_rows(offs_d, PROJ, E, BLOCK_D)
     A = tl.load(A_ptr + offs_p[:, None] * sA_d + offs_n[None, :] * sA_n, mask=mask_dn, other=0.0).to(tl.float32)
     A2 = A * 1.4426950408889634
     bias, Dv = _load_channel_params(bias_ptr, D_ptr, offs_p, mask_d, HAS_BIAS, HAS_D, BLOCK_D)
-    Wr, wdt, WB, WC = _load_projection(Wx_ptr, wdt_ptr, N, offs_n, mask_n, PROJ, BLOCK_D, BLOCK_N)
+    Wr, wdt, WB, WC = _load_projection(Wx_ptr, wdt_ptr, N, offs_n, mask_n, PROJ, E, BLOCK_D, BLOCK_N)
     group_B = (pid_d * BLOCK_D) // B_dpg
     group_C = (pid_d * BLOCK_D) // C_dpg
     B_ptr += pid_b * sB_b + group_B * sB_g + offs_n * sB_n
@@ -243,8 +259,8 @@ def _scan_bwd_direction(
             else:
                 t = i
             u, dl, dt, Bt, r = _step_inputs(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, bias, Wr, wdt, WB, t, mask_d,
-                                            mask_n, i < L, HAS_BIAS, SOFTPLUS, PROJ)
-            h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
+                                            mask_n, i < L, HAS_BIAS, SOFTPLUS, PROJ, E, BLOCK_D)
+            h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt
             tl.store(scratch_ptr + k * BLOCK_D * BLOCK_N, h)
         tl.debug_barrier()
         for kk in range(CHUNK):
@@ -256,14 +272,14 @@ def _scan_bwd_direction(
             else:
                 t = i
             u, dl, dt, Bt, r = _step_inputs(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, bias, Wr, wdt, WB, t, mask_d,
-                                            mask_n, valid, HAS_BIAS, SOFTPLUS, PROJ)
-            Ct = _load_C(C_ptr, sC_t, t, u, WC, mask_n, valid, PROJ)
+                                            mask_n, valid, HAS_BIAS, SOFTPLUS, PROJ, E, BLOCK_D)
+            Ct = _load_C(C_ptr, sC_t, t, u, WC, mask_n, valid, PROJ, E, BLOCK_D)
             dout = tl.load(dout_ptr + t * sdo_t, mask=mask_d & valid, other=0.0).to(tl.float32)
             h = tl.load(scratch_ptr + k * BLOCK_D * BLOCK_N)
             if GATE:
                 zt = tl.load(z_ptr + t * sz_t, mask=mask_d & valid, other=0.0).to(tl.float32)
                 sig = tl.sigmoid(zt)
-                y = tl.sum(h * Ct[None, :], axis=1)
+                y = tl.sum(h * Ct, axis=1)
                 if HAS_D:
                     y += Dv * u
                 dz = dout * y * sig * (1.0 + zt * (1.0 - sig))
@@ -274,14 +290,14 @@ def _scan_bwd_direction(
             else:
                 dy = dout
             # Adjoint: g_t = C_t dy_t + a_next g_next, with a_next the decay of the step after t in scan order.
-            g = a_next * g + Ct[None, :] * dy[:, None]
+            g = a_next * g + Ct * dy[:, None]
             a = tl.exp2(dt[:, None] * A2)
             a_next = a
             dtu = dt * u
             # d(dt A)_t = g_t a_t h_{t-1} = g_t (h_t - dt_t u_t B_t).
-            ddA = g * (h - dtu[:, None] * Bt[None, :])
+            ddA = g * (h - dtu[:, None] * Bt)
             dA_acc += ddA * dt[:, None]
-            gB = tl.sum(g * Bt[None, :], axis=1)
+            gB = tl.sum(g * Bt, axis=1)
             ddt = tl.sum(ddA * A, axis=1) + gB * u
             du = gB * dt
             if HAS_D:
@@ -291,16 +307,18 @@ def _scan_bwd_direction(
                 ddt = ddt * tl.sigmoid(dl)
             ddt = tl.where(mask_d & valid, ddt, 0.0)
             dbias_acc += ddt
-            dBt = tl.sum(g * dtu[:, None], axis=0)
-            dCt = tl.sum(h * dy[:, None], axis=0)
-            if PROJ:  # back through delta = w_dt <W_r, u> + bias, B = W_B u, C = W_C u
-                dr = tl.sum(ddt * wdt, axis=0)
-                du += tl.sum(WB * dBt[None, :], axis=1) + tl.sum(WC * dCt[None, :], axis=1) + dr * Wr
+            if PROJ:  # back through delta = w_dt <W_r, u> + bias, B = W_B u, C = W_C u, per group
+                dBt = _group_sum(g * dtu[:, None], E, BLOCK_D)
+                dCt = _group_sum(h * dy[:, None], E, BLOCK_D)
+                dr = _group_sum_1d(ddt * wdt, E, BLOCK_D)
+                du += tl.sum(WB * dBt, axis=1) + tl.sum(WC * dCt, axis=1) + dr * Wr
                 dWr_acc += dr * u
                 dwdt_acc += ddt * r
-                dWB_acc += u[:, None] * dBt[None, :]
-                dWC_acc += u[:, None] * dCt[None, :]
+                dWB_acc += u[:, None] * dBt
+                dWC_acc += u[:, None] * dCt
             else:
+                dBt = tl.sum(g * dtu[:, None], axis=0)
+                dCt = tl.sum(h * dy[:, None], axis=0)
                 tl.store(ddl_ptr + grad_offs + t, ddt.to(ddl_ptr.dtype.element_ty), mask=mask_d & valid)
                 tl.atomic_add(dB_ptr + t, dBt, mask=mask_n & valid, sem="relaxed")
                 tl.atomic_add(dC_ptr + t, dCt, mask=mask_n & valid, sem="relaxed")
@@ -328,7 +346,7 @@ def s6_fwd_kernel(
     z, sz_b, sz_d, sz_t, out, so_b, so_d, so_t, last,
     dim, L, N, n_chunks,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
-    REVERSE: tl.constexpr, BIDIR: tl.constexpr, SAVE_STATES: tl.constexpr, PROJ: tl.constexpr,
+    REVERSE: tl.constexpr, BIDIR: tl.constexpr, SAVE_STATES: tl.constexpr, PROJ: tl.constexpr, E: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
     """Grid (cdiv(dim, BLOCK_D), batch). Direction 0 scans in the order REVERSE says; with BIDIR, direction 1
@@ -339,7 +357,7 @@ def s6_fwd_kernel(
                         Wx0, wdt0, z, sz_b, sz_d, sz_t, out, so_b, so_d, so_t, last, states0,
                         pid_b, pid_d, dim, L, N, n_chunks,
                         HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z and not BIDIR, REVERSE, False, SAVE_STATES, not BIDIR,
-                        PROJ, BLOCK_D, BLOCK_N, CHUNK)
+                        PROJ, E, BLOCK_D, BLOCK_N, CHUNK)
     if BIDIR:
         tl.debug_barrier()  # direction 1 reads the outputs this program's threads just wrote
         _scan_fwd_direction(u1, su1_b, su1_d, su1_t, dl1, sdl1_b, sdl1_d, sdl1_t, A1, sA1_d, sA1_n,
@@ -347,7 +365,7 @@ def s6_fwd_kernel(
                             bias1, Wx1, wdt1, z, sz_b, sz_d, sz_t, out, so_b, so_d, so_t, last, states1,
                             pid_b, pid_d, dim, L, N, n_chunks,
                             HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z, True, True, SAVE_STATES, False,
-                            PROJ, BLOCK_D, BLOCK_N, CHUNK)
+                            PROJ, E, BLOCK_D, BLOCK_N, CHUNK)
 
 
 @triton.jit
@@ -361,7 +379,7 @@ def s6_bwd_kernel(
     z, sz_b, sz_d, sz_t, dout, sdo_b, sdo_d, sdo_t, dz, scratch,
     dim, L, N, n_chunks,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
-    REVERSE: tl.constexpr, BIDIR: tl.constexpr, PROJ: tl.constexpr,
+    REVERSE: tl.constexpr, BIDIR: tl.constexpr, PROJ: tl.constexpr, E: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
     """Grid (cdiv(dim, BLOCK_D), batch); the gradients of `s6_fwd_kernel`, direction by direction."""
@@ -371,7 +389,7 @@ def s6_bwd_kernel(
                         Wx0, wdt0, z, sz_b, sz_d, sz_t, dout, sdo_b, sdo_d, sdo_t, states0, scratch,
                         du0, ddl0, dz, dB0, dB0_g, dC0, dC0_g, dA0, dD0, dbias0, dWx0, dwdt0,
                         pid_b, pid_d, dim, L, N, n_chunks,
-                        HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z, REVERSE, False, PROJ, BLOCK_D, BLOCK_N, CHUNK)
+                        HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z, REVERSE, False, PROJ, E, BLOCK_D, BLOCK_N, CHUNK)
     if BIDIR:
         tl.debug_barrier()  # direction 1 adds its part to the dz this program's threads just wrote
         _scan_bwd_direction(u1, su1_b, su1_d, su1_t, dl1, sdl1_b, sdl1_d, sdl1_t, A1, sA1_d, sA1_n,
@@ -379,4 +397,4 @@ def s6_bwd_kernel(
                             bias1, Wx1, wdt1, z, sz_b, sz_d, sz_t, dout, sdo_b, sdo_d, sdo_t, states1, scratch,
                             du1, ddl1, dz, dB1, dB1_g, dC1, dC1_g, dA1, dD1, dbias1, dWx1, dwdt1,
                             pid_b, pid_d, dim, L, N, n_chunks,
-                            HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z, True, True, PROJ, BLOCK_D, BLOCK_N, CHUNK)
+                            HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z, True, True, PROJ, E, BLOCK_D, BLOCK_N, CHUNK)

@@ -46,12 +46,25 @@ def _direction(rows, u, delta, A, B, C, D, delta_bias, proj=None):
             u if D is None else D, u if delta_bias is None else delta_bias, *(proj or (u, u))]
 
 
-def _config(u, A, B, C, B_rev, C_rev, proj):
-    """(BLOCK_D, BLOCK_N, CHUNK, num_warps): `block_sizes`, or one group of e channels per program with
-    the projection weights (Wx, w_dt)."""
+def proj_config(groups: int, backward: bool) -> tuple[int, int]:
+    """(groups of e channels per program, num_warps) of a PROJ launch over `groups` groups (batch x tokens).
+
+    From the H100 sweep in BENCHMARKS.md (more groups per program share each step's fixed cost, until too
+    few programs are left or, in the backward, the per-program scratch grows): the forward takes 16 per
+    program while that leaves at least 512 programs, the backward 8 while that leaves 4096; else 4.
+    """
+    per_program, min_programs = (8, 4096) if backward else (16, 512)
+    return (per_program if groups >= per_program * min_programs else 4), 1
+
+
+def _config(u, A, B, C, B_rev, C_rev, proj, backward=False):
+    """(BLOCK_D, BLOCK_N, CHUNK, num_warps, E): `block_sizes` and E = 1, or with the projection weights
+    (Wx, w_dt) `proj_config`'s groups of E = e channels per program."""
     if proj is not None:
-        return proj[0].shape[1], triton.next_power_of_2(A.shape[1]), 32, 1
-    return block_sizes(u.shape[1], u.shape[2], A.shape[1], _dpgs(u.shape[1], B, C, B_rev, C_rev))
+        e = proj[0].shape[1]
+        per_program, warps = proj_config(u.shape[0] * u.shape[1] // e, backward)
+        return e * per_program, triton.next_power_of_2(A.shape[1]), 32, warps, e
+    return *block_sizes(u.shape[1], u.shape[2], A.shape[1], _dpgs(u.shape[1], B, C, B_rev, C_rev)), 1
 
 
 # Rows of the batch per launch: the grid's second axis takes at most 65535, the backward's scratch
@@ -109,7 +122,7 @@ def _launch_fwd(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev
     batch, dim, length = u.shape
     n = A.shape[1]
     bidir = u_rev is not None
-    block_d, block_n, chunk, warps = _config(u, A, B, C, B_rev, C_rev, proj)
+    block_d, block_n, chunk, warps, e = _config(u, A, B, C, B_rev, C_rev, proj)
     chunks = _n_chunks(length, chunk)
     out = torch.empty(batch, dim, length, dtype=u.dtype, device=u.device)
     last = torch.empty(batch, dim, n, dtype=torch.float32, device=u.device)
@@ -126,7 +139,7 @@ def _launch_fwd(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev
             s6_fwd_kernel[(triton.cdiv(dim, block_d), o.shape[0])](
                 *dir0, *dir1, *gate, o, *o.stride(), last[rows], dim, length, n, chunks,
                 HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
-                REVERSE=reverse, BIDIR=bidir, SAVE_STATES=save_states, PROJ=proj is not None, BLOCK_D=block_d,
+                REVERSE=reverse, BIDIR=bidir, SAVE_STATES=save_states, PROJ=proj is not None, E=e, BLOCK_D=block_d,
                 BLOCK_N=block_n, CHUNK=chunk, num_warps=warps,
             )
     return out, last, states[0], states[-1] if bidir else torch.empty(0, device=u.device)
@@ -192,7 +205,7 @@ def _launch_bwd_buffers(dout, states, states_rev, u, delta, A, B, C, D, delta_bi
     batch, dim, length = u.shape
     n = A.shape[1]
     bidir = u_rev is not None
-    block_d, block_n, chunk, warps = _config(u, A, B, C, B_rev, C_rev, proj)
+    block_d, block_n, chunk, warps, e = _config(u, A, B, C, B_rev, C_rev, proj, backward=True)
     programs = triton.cdiv(dim, block_d)
     g0 = _grad_buffers(u, delta, A, B, C, D, delta_bias, proj)
     g1 = _grad_buffers(u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev, proj_rev) if bidir else g0
@@ -217,7 +230,7 @@ def _launch_bwd_buffers(dout, states, states_rev, u, delta, A, B, C, D, delta_bi
                 *dir0, *dir1, *gate, do, *do.stride(), dz[rows] if z is not None else u, scratch,
                 dim, length, n, _n_chunks(length, chunk),
                 HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
-                REVERSE=reverse, BIDIR=bidir, PROJ=proj is not None, BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk,
+                REVERSE=reverse, BIDIR=bidir, PROJ=proj is not None, E=e, BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk,
                 num_warps=warps,
             )
     return g0, g1, dz
