@@ -4,6 +4,7 @@
     python train.py experiment=tsm2_etth2 trainer=gpu
     python train.py -m experiment=tsm2_etth1 data.pred_len=96,192,336,720
     python train.py ckpt_path=outputs/.../checkpoints/last.ckpt   # resume an interrupted run
+    python train.py experiment=vim2_tiny_imagenet trainer=gpu compile=true      # torch.compile the model
 
 Prints a metrics table, writes metrics.json into the run's output directory and prints that directory
 as the last line.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import hydra
@@ -35,6 +37,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], Path]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, **datamodule.model_kwargs)
+    if cfg.get("compile"):  # in place: parameter names, checkpoints and EMA are unchanged
+        model.compile(**(dict(cfg.compile) if isinstance(cfg.compile, Mapping) else {}))
     module = instantiate(cfg.task, model=model)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False

@@ -1,13 +1,15 @@
 """ViM2 image benchmarks on one GPU: throughput next to timm's references, and digits accuracy by train.py.
 
     python bench/vision.py throughput --out DIR [--models vim2_tiny,...] [--sizes 224,512] [--batch 256]
+                                      [--compile]
     python bench/vision.py digits --out DIR [train.py overrides ...]
     python bench/vision.py ddp --out DIR          # on a machine with two GPUs
 
 throughput: bf16 autocast, channels-last inputs, in one process: training img/s (forward, backward, AdamW
 step) and inference img/s (forward under no_grad) from CUDA-event timing after warmup, and the peak GPU
 memory of the training loop. A model that does not fit at the batch is retried at half the batch (the
-table says which batch ran). Writes DIR/vision_throughput.json.
+table says which batch ran). --compile wraps each model in `torch.compile` (default inductor; compile time
+is spent in the warmup and not timed). Writes DIR/vision_throughput.json (vision_throughput_compiled.json).
 digits: `python train.py experiment=vim2_digits trainer=gpu` for ViM2 (the experiment's small config and
 vim2_tiny's sizes) and timm's DeiT-Tiny (patch 4 at 32 px) and ResNet-18 with the same data, recipe and
 epochs, one after another. Writes DIR/vision_digits.json.
@@ -54,8 +56,9 @@ def timed(fn, warmup: int, iters: int) -> float:
     return start.elapsed_time(end) / 1e3 / iters
 
 
-def measure(name: str, size: int, batch: int, warmup: int, iters: int) -> dict:
+def measure(name: str, size: int, batch: int, warmup: int, iters: int, compile: bool = False) -> dict:
     model = build(name, size)
+    run = torch.compile(model) if compile else model
     x = torch.randn(batch, 3, size, size, device="cuda").to(memory_format=torch.channels_last)
     y = torch.randint(1000, (batch,), device="cuda")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
@@ -63,7 +66,7 @@ def measure(name: str, size: int, batch: int, warmup: int, iters: int) -> dict:
 
     def train_step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = loss_fn(model(x), y)
+            loss = loss_fn(run(x), y)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -71,7 +74,7 @@ def measure(name: str, size: int, batch: int, warmup: int, iters: int) -> dict:
     @torch.no_grad()
     def infer():
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            model(x)
+            run(x)
 
     model.train()
     torch.cuda.reset_peak_memory_stats()
@@ -80,7 +83,7 @@ def measure(name: str, size: int, batch: int, warmup: int, iters: int) -> dict:
     model.eval()
     infer_s = timed(infer, warmup, iters)
     params = sum(p.numel() for p in model.parameters())
-    return {"model": name, "img_size": size, "batch": batch, "params_m": round(params / 1e6, 2),
+    return {"model": name, "compiled": compile, "img_size": size, "batch": batch, "params_m": round(params / 1e6, 2),
             "train_img_s": round(batch / train_s, 1), "infer_img_s": round(batch / infer_s, 1),
             "train_peak_gib": round(peak, 2)}
 
@@ -92,7 +95,7 @@ def throughput(args) -> list[dict]:
             batch = args.batch
             while True:
                 try:
-                    row = measure(name, size, batch, args.warmup, args.iters)
+                    row = measure(name, size, batch, args.warmup, args.iters, args.compile)
                     break
                 except torch.OutOfMemoryError:
                     torch.cuda.empty_cache()
@@ -185,13 +188,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--compile", action="store_true")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = {"throughput": throughput, "digits": digits, "ddp": ddp}[args.what](args)
     meta = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "torch": torch.__version__}
-    (args.out / f"vision_{args.what}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    name = f"vision_{args.what}{'_compiled' if args.what == 'throughput' and args.compile else ''}"
+    (args.out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

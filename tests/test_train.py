@@ -50,6 +50,15 @@ def test_default_run_writes_metrics_plot_and_checkpoints(tmp_path):
     assert (out_dir / "logs" / "metrics.csv").exists()
 
 
+def test_compile_gives_the_plain_runs_metrics(tmp_path):
+    """compile= compiles the model in place; dynamo traces it with a dynamic batch size (training, then
+    evaluation batches), and the eager backend keeps the test quick. Same data, seed and numbers."""
+    plain, _ = metrics_of(run(*TINY, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'plain'}"))
+    compiled, _ = metrics_of(run(*TINY, "trainer.max_epochs=1", "compile={backend:eager}",
+                                 f"hydra.run.dir={tmp_path / 'compiled'}"))
+    assert compiled["test/mse"] == plain["test/mse"] and compiled["test/mae"] == plain["test/mae"]
+
+
 def test_multirun_over_two_horizons(tmp_path):
     result = run("-m", "experiment=tsm2_etth1", "data.pred_len=8,16", *[o for o in TINY if "pred_len" not in o],
                  "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}")

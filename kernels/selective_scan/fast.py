@@ -15,6 +15,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.fx.experimental.symbolic_shapes import guard_int
 
 from .._checks import compute_dtype
 
@@ -48,7 +49,8 @@ def linear_recurrence(log_decay: torch.Tensor, drive: torch.Tensor) -> torch.Ten
     adds exp(cumsum of its log_decay) times its entering state. Only products of consecutive decays are
     formed, the same numbers the recurrence multiplies, so nothing overflows that the recurrence would not.
     """
-    length, work = drive.shape[0], drive[0].numel()
+    # Under torch.compile with dynamic shapes the chunking specialises on the sizes (guard_int).
+    length, work = guard_int(drive.shape[0]), guard_int(drive[0].numel())
     chunks = min(length // 2, CHUNK_WORK // max(work, 1))
     if chunks < 2:
         h, states = torch.zeros_like(drive[0]), []

@@ -46,6 +46,9 @@ def _direction(rows, u, delta, A, B, C, D, delta_bias, proj=None):
             u if D is None else D, u if delta_bias is None else delta_bias, *(proj or (u, u))]
 
 
+PROJ_CHUNK = 32  # steps between the states the PROJ forward saves
+
+
 def proj_config(groups: int, backward: bool) -> tuple[int, int]:
     """(groups of e channels per program, num_warps) of a PROJ launch over `groups` groups (batch x tokens).
 
@@ -63,7 +66,7 @@ def _config(u, A, B, C, B_rev, C_rev, proj, backward=False):
     if proj is not None:
         e = proj[0].shape[1]
         per_program, warps = proj_config(u.shape[0] * u.shape[1] // e, backward)
-        return e * per_program, triton.next_power_of_2(A.shape[1]), 32, warps, e
+        return e * per_program, triton.next_power_of_2(A.shape[1]), PROJ_CHUNK, warps, e
     return *block_sizes(u.shape[1], u.shape[2], A.shape[1], _dpgs(u.shape[1], B, C, B_rev, C_rev)), 1
 
 
@@ -353,42 +356,103 @@ def _per_weight(t: torch.Tensor, e: int) -> torch.Tensor:
     return t.sum(0).unflatten(0, (-1, e)).sum(0)
 
 
-class _ProjectedScan(torch.autograd.Function):
-    """The fused pair of directions in the kernels' PROJ mode: delta, B and C computed from u in the kernels.
+def _projected_fwd(z, u, A, Wx, wdt, D, bias, u_r, A_r, Wx_r, wdt_r, D_r, bias_r, save_states):
+    """The PROJ forward of a direction pair: out (batch, groups * e, L) and each direction's states at chunk
+    starts (empty unless save_states). Per direction: u (batch, groups * e, L), A (e, N), Wx (1 + 2N, e),
+    w_dt (e,), D (e,), bias (e,)."""
+    proj, proj_rev = ((w.float().contiguous(), v.float().contiguous()) for w, v in ((Wx, wdt), (Wx_r, wdt_r)))
+    out, _, states, states_rev = _launch_fwd(u, None, A, None, None, D, bias, u_r, None, A_r, None, None, D_r, bias_r,
+                                             z, True, False, save_states, proj, proj_rev)
+    return out, states, states_rev
 
-    Per direction: u (batch, groups * e, L), A (e, N), Wx (1 + 2N, e), w_dt (e,), D (e,), bias (e,)."""
+
+def _projected_bwd(dout, states, states_rev, z, *inputs):
+    """Gradients of `_projected_fwd`'s z and twelve direction inputs, in its argument order."""
+    (u, A, Wx, wdt, D, bias), rev = inputs[:6], inputs[6:]
+    proj, proj_rev = ((w.float().contiguous(), v.float().contiguous()) for w, v in ((Wx, wdt), rev[2:4]))
+    g0, g1, dz = _launch_bwd_buffers(dout, states, states_rev, u, None, A, None, None, D, bias, rev[0], None, rev[1],
+                                     None, None, rev[4], rev[5], z, True, False, proj, proj_rev)
+    e = Wx.shape[1]
+    grads = [dz]
+    for (du, _, _, _, _, _, dA, dD, dbias, dWx, dwdt), (_, A_, Wx_, wdt_, D_, bias_) in ((g0, inputs[:6]), (g1, rev)):
+        grads += [du, _per_weight(dA, e).to(A_.dtype), _per_weight(dWx, e).T.contiguous().to(Wx_.dtype),
+                  _per_weight(dwdt, e).to(wdt_.dtype), _per_weight(dD, e).to(D_.dtype),
+                  _per_weight(dbias, e).to(bias_.dtype)]
+    return grads
+
+
+@torch.library.custom_op("mambamixer::selective_scan_projected_fwd", mutates_args=())
+def selective_scan_projected_fwd(
+    z: torch.Tensor, u: torch.Tensor, A: torch.Tensor, Wx: torch.Tensor, wdt: torch.Tensor, D: torch.Tensor,
+    bias: torch.Tensor, u_r: torch.Tensor, A_r: torch.Tensor, Wx_r: torch.Tensor, wdt_r: torch.Tensor,
+    D_r: torch.Tensor, bias_r: torch.Tensor, save_states: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`_projected_fwd` as a torch custom op, so `torch.compile` traces through the projected scan."""
+    return _projected_fwd(z, u, A, Wx, wdt, D, bias, u_r, A_r, Wx_r, wdt_r, D_r, bias_r, save_states)
+
+
+@selective_scan_projected_fwd.register_fake
+def _(z, u, A, Wx, wdt, D, bias, u_r, A_r, Wx_r, wdt_r, D_r, bias_r, save_states):
+    batch, dim, length = u.shape
+    shape = (batch, dim, _n_chunks(length, PROJ_CHUNK), A.shape[1]) if save_states else (0,)
+    return u.new_empty(u.shape), u.new_empty(shape, dtype=torch.float32), u.new_empty(shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("mambamixer::selective_scan_projected_bwd", mutates_args=())
+def selective_scan_projected_bwd(
+    dout: torch.Tensor, states: torch.Tensor, states_rev: torch.Tensor, z: torch.Tensor,
+    u: torch.Tensor, A: torch.Tensor, Wx: torch.Tensor, wdt: torch.Tensor, D: torch.Tensor, bias: torch.Tensor,
+    u_r: torch.Tensor, A_r: torch.Tensor, Wx_r: torch.Tensor, wdt_r: torch.Tensor, D_r: torch.Tensor,
+    bias_r: torch.Tensor,
+) -> list[torch.Tensor]:
+    """`_projected_bwd` as a torch custom op."""
+    return _projected_bwd(dout, states, states_rev, z, u, A, Wx, wdt, D, bias, u_r, A_r, Wx_r, wdt_r, D_r, bias_r)
+
+
+@selective_scan_projected_bwd.register_fake
+def _(dout, states, states_rev, z, *inputs):
+    return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (z, *inputs)]
+
+
+def _projected_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:-1], output[1], output[2])
+
+
+def _projected_backward(ctx, dout, _dstates, _dstates_rev):
+    z, *inputs, states, states_rev = ctx.saved_tensors
+    if states.numel() == 0:
+        raise RuntimeError("selective_scan_projected: the forward ran without saving states for backward "
+                           "(its inputs did not require grad when it ran)")
+    return (*selective_scan_projected_bwd(dout, states, states_rev, z, *inputs), None)
+
+
+selective_scan_projected_fwd.register_autograd(_projected_backward, setup_context=_projected_setup_context)
+
+
+class _ProjectedScan(torch.autograd.Function):
+    """The same forward and backward without the custom-op dispatch, for eager mode."""
 
     @staticmethod
-    def forward(ctx, z, *inputs):
-        (u, A, Wx, wdt, D, bias), rev = inputs[:6], inputs[6:]
-        proj, proj_rev = ((w.float().contiguous(), v.float().contiguous()) for w, v in ((Wx, wdt), rev[2:4]))
+    def forward(ctx, *inputs):
         save = any(ctx.needs_input_grad)
-        out, _, states, states_rev = _launch_fwd(u, None, A, None, None, D, bias, rev[0], None, rev[1], None, None,
-                                                 rev[4], rev[5], z, True, False, save, proj, proj_rev)
-        ctx.save_for_backward(z, *inputs, states, states_rev)
+        out, states, states_rev = _projected_fwd(*inputs, save)
+        ctx.save_for_backward(*inputs, states, states_rev)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         z, *inputs, states, states_rev = ctx.saved_tensors
-        (u, A, Wx, wdt, D, bias), rev = inputs[:6], inputs[6:]
-        proj, proj_rev = ((w.float().contiguous(), v.float().contiguous()) for w, v in ((Wx, wdt), rev[2:4]))
-        g0, g1, dz = _launch_bwd_buffers(dout, states, states_rev, u, None, A, None, None, D, bias, rev[0], None,
-                                         rev[1], None, None, rev[4], rev[5], z, True, False, proj, proj_rev)
-        e = Wx.shape[1]
-        grads = []
-        for (du, _, _, _, _, _, dA, dD, dbias, dWx, dwdt), (_, A_, Wx_, wdt_, D_, bias_) in ((g0, inputs[:6]),
-                                                                                           (g1, rev)):
-            grads += [du, _per_weight(dA, e).to(A_.dtype), _per_weight(dWx, e).T.to(Wx_.dtype),
-                      _per_weight(dwdt, e).to(wdt_.dtype), _per_weight(dD, e).to(D_.dtype),
-                      _per_weight(dbias, e).to(bias_.dtype)]
-        return (dz, *grads)
+        return tuple(_projected_bwd(dout, states, states_rev, z, *inputs))
 
 
-@torch.compiler.disable
 def selective_scan_projected_triton(forward, backward, z):
     """`selective_scan_projected_bidirectional_fn` through the kernels' PROJ mode (e a power of two):
-    `forward` and `backward` are (u, A, x_weight, dt_weight, dt_bias, D)."""
+    `forward` and `backward` are (u, A, x_weight, dt_weight, dt_bias, D). Under torch.compile through the
+    custom op, otherwise the autograd Function."""
     _check_row_scratch(forward[0], forward[1])
     (u, A, Wx, wdt, bias, D), (u_r, A_r, Wx_r, wdt_r, bias_r, D_r) = forward, backward
-    return _ProjectedScan.apply(z, u, A, Wx, wdt, D, bias, u_r, A_r, Wx_r, wdt_r, D_r, bias_r)
+    inputs = (z, u, A, Wx, wdt, D, bias, u_r, A_r, Wx_r, wdt_r, D_r, bias_r)
+    if torch.compiler.is_compiling():
+        save = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+        return selective_scan_projected_fwd(*inputs, save)[0]
+    return _ProjectedScan.apply(*inputs)
