@@ -160,7 +160,7 @@ def _scan_fwd_direction(
     A2 = A2 * 1.4426950408889634  # exp(dt A) = exp2(dt A log2 e)
     bias, Dv = _load_channel_params(bias_ptr, D_ptr, offs_p, mask_d, HAS_BIAS, HAS_D, BLOCK_D)
     Wr, wdt, WB, WC = _load_projection(Wx_ptr, wdt_ptr, N, offs_n, mask_n, PROJ, E, BLOCK_D, BLOCK_N)
-    # All BLOCK_D channels share one group of B and one of C (the launcher picks BLOCK_D so).
+    # Without PROJ all BLOCK_D channels share one group of B and one of C (the launcher picks BLOCK_D so).
     B_ptr += pid_b * sB_b + ((pid_d * BLOCK_D) // B_dpg) * sB_g + offs_n * sB_n
     C_ptr += pid_b * sC_b + ((pid_d * BLOCK_D) // C_dpg) * sC_g + offs_n * sC_n
     u_ptr += pid_b * su_b + offs_d * su_d
