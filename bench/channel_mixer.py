@@ -9,7 +9,8 @@ at vim2_tiny's four stage shapes (batch 64, 224 px: tokens x channels 3136 x 96 
 N = 16), u and z in bf16 under bf16 autocast as in training, forward and forward+backward (gradients of u,
 z and every weight), both paths, median of `do_bench_cudagraph`. Prints a table and writes
 DIR/channel_mixer.json. --sweep instead times the projected op alone for each (token groups per program,
-warps) at each shape, the configuration the launcher picks marked, and writes DIR/channel_mixer_sweep.json.
+warps) at each shape, then the launcher's picks at each CHUNK (steps between saved states), and writes
+DIR/channel_mixer_sweep.json.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from mambamixer.mixer import ChannelWiseSelectiveMixer
 
 NAMES = ("u", "A", "x_weight", "dt_weight", "dt_bias", "D")
 SHAPES = [(64, 3136, 96), (64, 784, 192), (64, 196, 384), (64, 49, 768)]
+CHUNKS = [16, 32, 64]
 SWEEP = [(1, 1), (2, 1), (4, 1), (8, 1), (16, 1), (4, 2), (8, 2), (16, 2), (32, 2), (16, 4), (32, 4)]
 
 
@@ -125,20 +127,21 @@ def time_shape(batch, tokens, channels):
 def sweep(out_dir):
     """Forward and forward+backward ms of the projected op per (groups per program, warps) and shape, the
     same configuration for both kernels; the launcher's picks (`proj_config`) last."""
-    picked = triton_op.proj_config
+    picked, chunk = triton_op.proj_config, triton_op.PROJ_CHUNK
     rows = []
     print("| batch, tokens, channels | groups per program, warps | fwd ms | fwd+bwd ms |")
     for shape in SHAPES:
         fwd, both = timers(*shape)["projected"]
         groups = shape[0] * shape[1]
-        for config in [*SWEEP, None]:
+        for config, steps in [*((c, chunk) for c in SWEEP), *((None, c) for c in CHUNKS)]:
             triton_op.proj_config = picked if config is None else lambda *_, config=config: config
+            triton_op.PROJ_CHUNK = steps
             label = "picked: fwd {}, bwd {}".format(*(picked(groups, b) for b in (False, True))) if config is None \
                 else "{}, {}".format(*config)
-            row = dict(shape=shape, config=label, fwd_ms=bench(fwd), fwd_bwd_ms=bench(both))
+            row = dict(shape=shape, config=label, chunk=steps, fwd_ms=bench(fwd), fwd_bwd_ms=bench(both))
             rows.append(row)
-            print(f"| {shape} | {label} | {row['fwd_ms']:.3f} | {row['fwd_bwd_ms']:.3f} |", flush=True)
-        triton_op.proj_config = picked
+            print(f"| {shape} | {label}, CHUNK {steps} | {row['fwd_ms']:.3f} | {row['fwd_bwd_ms']:.3f} |", flush=True)
+        triton_op.proj_config, triton_op.PROJ_CHUNK = picked, chunk
     result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__, rows=rows)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "channel_mixer_sweep.json"), "w") as f:
