@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 import hydra
@@ -22,7 +21,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
@@ -38,7 +37,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], Path]:
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, **datamodule.model_kwargs)
     if cfg.get("compile"):  # in place: parameter names, checkpoints and EMA are unchanged
-        model.compile(**(dict(cfg.compile) if isinstance(cfg.compile, Mapping) else {}))
+        model.compile(**(OmegaConf.to_container(cfg.compile) if isinstance(cfg.compile, DictConfig) else {}))
     module = instantiate(cfg.task, model=model)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
