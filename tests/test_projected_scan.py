@@ -79,8 +79,8 @@ def check_kernels_with_every_gradient(fwd, bwd, z):
 
 @pytest.mark.parametrize("length,e,n", [(1, 2, 3), (7, 1, 3), (40, 2, 3), (7, 4, 16), (40, 4, 5), (7, 3, 3)])
 def test_kernels_match_recurrence_with_every_gradient(length, e, n):
-    """PROJ mode (one group of e channels per program; 40 steps cross two saved-state chunks); e = 3, not a
-    power of two, takes the explicit delta/B/C through the generic kernels."""
+    """PROJ mode as the launcher configures it (40 steps cross two saved-state chunks); e = 3, not a power of
+    two, takes the explicit delta/B/C through the generic kernels."""
     check_kernels_with_every_gradient(*inputs(e=e, n=n, length=length, seed=length + 10 * e))
 
 
