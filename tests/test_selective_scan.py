@@ -59,49 +59,54 @@ def test_gradients_match_recurrence(length, groups, reverse):
         assert rel_err(g_fast[name], g_ref[name]) < 1e-10, name
 
 
-@pytest.mark.parametrize("length", [1, 2, 7, 257, 1000])
+@pytest.mark.parametrize("length", [1, 2, 15, 16, 17, 257, 1000])
 @pytest.mark.parametrize("groups", [None, 2])
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("chunked", [False, True])
-def test_both_fast_paths_match_recurrence(length, groups, reverse, chunked):
-    """The per-step loop and the chunked scan, each forced, forward and every gradient."""
+def test_fast_path_matches_recurrence(length, groups, reverse):
+    """Forward, last state and every gradient (the last state's included) at lengths that take every branch
+    of the chunked scan: one step at a time, whole chunks, chunks and leftover steps, recursion."""
     a = s6_inputs(length=length, groups=groups, seed=length + 2)
     mine, ref = with_grad(a), with_grad(a)
-    out, last = fast.selective_scan_fast(**mine, return_last_state=True, reverse=reverse, chunked=chunked)
+    out, last = fast.selective_scan_fast(**mine, return_last_state=True, reverse=reverse)
     ref_out, ref_last = selective_scan_ref(**ref, return_last_state=True, reverse=reverse)
     assert out.shape == ref_out.shape and out.is_contiguous()
     assert rel_err(out, ref_out) < 1e-12 and rel_err(last, ref_last) < 1e-12
-    g_mine, g_ref = grads(out, mine), grads(ref_out, ref)
+    weights = torch.randn_like(last)
+    g_mine, g_ref = grads(out + (last * weights).sum(), mine), grads(ref_out + (ref_last * weights).sum(), ref)
     for name in g_ref:
         assert rel_err(g_mine[name], g_ref[name]) < 1e-10, name
 
 
-@pytest.mark.parametrize("length", [1, 3, 4, 31, 64, 333])
-@pytest.mark.parametrize("work", [6, 40])
-def test_linear_recurrence_at_every_chunking(length, work, monkeypatch):
-    """Chunks of 2 to tens of steps, padded last chunks and several recursion levels, against a loop."""
-    monkeypatch.setattr(fast, "CHUNK_WORK", 6 * work)
+@pytest.mark.parametrize("length", [1, 2, 3, 15, 16, 17, 31, 64, 333, 1000])
+@pytest.mark.parametrize("backward", [False, True])
+def test_scan_in_place_against_a_loop(length, backward):
+    """`scan_` in both directions (chunks, leftover steps, recursion) against the recurrence step by step."""
     g = torch.Generator().manual_seed(length)
-    log_decay = -torch.rand(length, 2, work // 2, generator=g, dtype=torch.float64) * 3
-    drive = torch.randn(length, 2, work // 2, generator=g, dtype=torch.float64)
-    h, expected = torch.zeros_like(drive[0]), []
-    for t in range(length):
-        h = log_decay[t].exp() * h + drive[t]
-        expected.append(h)
-    assert rel_err(fast.linear_recurrence(log_decay, drive), torch.stack(expected)) < 1e-13
+    decay = torch.rand(length, 2, 5, generator=g, dtype=torch.float64)
+    drive = torch.randn(length, 2, 5, generator=g, dtype=torch.float64)
+    expected = drive.clone()
+    for t in (range(length - 2, -1, -1) if backward else range(1, length)):
+        expected[t] += decay[t + 1 if backward else t] * expected[t + 1 if backward else t - 1]
+    assert rel_err(fast.scan_(drive.clone(), decay, backward=backward), expected) < 1e-13
 
 
-def test_chunked_only_below_the_work_threshold(monkeypatch):
-    """Auto mode: chunked for small steps, the per-step loop for large ones."""
-    calls = []
-    monkeypatch.setattr(fast, "linear_recurrence", lambda *a: calls.append(a) or torch.zeros_like(a[1]))
-    small = s6_inputs(dim=4, n=3, length=5)
-    fast.selective_scan_fast(**small)
-    assert len(calls) == 1
-    large = s6_inputs(batch=8, dim=64, n=4, length=5)
-    assert 8 * 64 * 4 >= fast.CHUNK_BELOW
-    fast.selective_scan_fast(**large)
-    assert len(calls) == 1
+def test_fast_path_does_not_loop_over_every_step():
+    """Forward and backward dispatch O(sqrt(L)) operations: 4x the steps, about 2x the operations."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    calls = {}
+    for length in (1024, 4096):
+        a = with_grad(s6_inputs(batch=1, dim=2, n=2, length=length))
+        with Count() as count:
+            count.calls = 0
+            fast.selective_scan_fast(**a).sum().backward()
+        calls[length] = count.calls
+    assert calls[4096] < 2.5 * calls[1024] and calls[4096] < 4096, calls
 
 
 def test_mixed_groups_for_B_and_C():

@@ -1,12 +1,15 @@
-"""Fast PyTorch path of the Mamba-1 selective scan.
+"""Fast PyTorch path of the Mamba-1 selective scan: a chunked scan with a hand-written backward.
 
-The decays and inputs of all steps are formed in two vectorised passes. When a step updates many state
-elements (batch * dim * N >= `CHUNK_BELOW`), the recurrence advances one time-major (batch, dim, N) slice
-per step: every step reads and writes contiguous, cache-sized memory and autograd stacks the per-step
-gradients once, which on CPU beats any scheme that makes more passes over the whole (L, batch, dim, N)
-tensor (a log-depth prefix scan was 10-40x slower). When a step is small, Python and autograd overhead
-dominates such a loop, so the scan runs chunked (`linear_recurrence`): about L / chunks + chunks loop
-iterations instead of L. bench/s6_cpu.py measures both on the same inputs; the GPU path is the Triton kernel.
+With a = exp(delta A) and x = delta u B (both (L, batch, dim, N), time-major), the states solve the linear
+recurrence h_t = a_t h_{t-1} + x_t. `scan_` solves it in place in chunks of about sqrt(L) steps: one loop
+advances every chunk at once from a zero state, a recursive call carries each chunk's end state into the
+next chunk (decay: the product of the chunk's decays), and a second loop adds that entering state, decayed
+step by step, to the chunk. About 2 sqrt(L) loop iterations instead of L, each one in-place multiply-add;
+only products of consecutive decays are formed, the numbers the recurrence itself multiplies.
+`_Scan` runs it under a hand-written backward: the gradient of the states is the same recurrence run from
+the last step to the first, so autograd records one node instead of a few per step, and the tensors of
+size (L, batch, dim, N) are a, the states, their gradient and one product in the backward
+(bench/s6_cpu.py times it against a per-step loop). The GPU path is the Triton kernel.
 """
 
 from __future__ import annotations
@@ -19,11 +22,100 @@ from torch.fx.experimental.symbolic_shapes import guard_int
 
 from .._checks import compute_dtype
 
-#: Run chunked below this many state elements per step (bench/s6_cpu.py on a 2-core CPU: chunked is
-#: 1.2-11x faster below it and no faster from 4096 up).
-CHUNK_BELOW = 2048
-#: State elements the chunked scan's inner loop updates per iteration (sets the number of chunks).
-CHUNK_WORK = 131072
+#: Chunks shorter than this are not worth their bookkeeping: L < MIN_CHUNK ** 2 runs one step at a time.
+MIN_CHUNK = 4
+
+
+def _step_(x: torch.Tensor, a: torch.Tensor, t: int, backward: bool) -> None:
+    """One step of `scan_` at position t."""
+    if backward:
+        x[t].addcmul_(a[t + 1], x[t + 1])
+    else:
+        x[t].addcmul_(a[t], x[t - 1])
+
+
+def scan_(x: torch.Tensor, a: torch.Tensor, backward: bool = False) -> torch.Tensor:
+    """Solve a linear recurrence along dim 0 in place and return x; x, a: (L, *S), x contiguous.
+
+    Forward: x_t <- a_t x_{t-1} + x_t for t = 1 .. L-1 (a_0 unused), the states of h_t = a_t h_{t-1} + x_t.
+    backward=True: x_t <- a_{t+1} x_{t+1} + x_t for t = L-2 .. 0, the same recurrence's adjoint.
+    """
+    length = guard_int(x.shape[0])  # under torch.compile with dynamic shapes the chunking specialises
+    steps = math.isqrt(length)
+    if steps < MIN_CHUNK:
+        for t in (range(length - 2, -1, -1) if backward else range(1, length)):
+            _step_(x, a, t, backward)
+        return x
+    chunks = length // steps
+    rest = length - chunks * steps
+    # Chunks tile the steps taken first; the `rest` left over are finished one at a time at the end.
+    region = slice(rest, None) if backward else slice(0, chunks * steps)
+    xv = x[region].view((chunks, steps) + x.shape[1:])
+    av = a[region].view(xv.shape)
+    if backward:
+        for j in range(steps - 2, -1, -1):
+            xv[:, j].addcmul_(av[:, j + 1], xv[:, j + 1])
+        # Chunk c's first state takes chunk c + 1's first state, decayed by a over (start_c, start_c+1].
+        entering = xv[:, 0].clone()
+        decay = av[:, 0].clone()
+        decay[1:].mul_(av[:-1, 1:].prod(1))
+        scan_(entering, decay, backward=True)
+        carry = entering[1:] * av[1:, 0]
+        for j in range(steps - 1, -1, -1):
+            xv[:-1, j].add_(carry)
+            if j:
+                carry.mul_(av[:-1, j])
+        tail = range(rest - 1, -1, -1)
+    else:
+        for j in range(1, steps):
+            xv[:, j].addcmul_(av[:, j], xv[:, j - 1])
+        entering = xv[:, -1].clone()  # each chunk's end state, then (after the scan) the true one
+        scan_(entering, av.prod(1))
+        carry = entering[:-1] * av[1:, 0]
+        for j in range(steps):
+            xv[1:, j].add_(carry)
+            if j + 1 < steps:
+                carry.mul_(av[1:, j + 1])
+        tail = range(chunks * steps, length)
+    for t in tail:
+        _step_(x, a, t, backward)
+    return x
+
+
+class _Scan(torch.autograd.Function):
+    """Time-major selective scan: y_t = <h_t, C_t>, h_t = exp(dt_t A) h_{t-1} + x_t B_t, h_{-1} = 0.
+
+    dt, x: (L, batch, G, dim / G, 1); A: (G, dim / G, N); B, C: (L, batch, 1 or G, 1, N).
+    Returns y (L, batch, G, dim / G) and the last state (batch, G, dim / G, N).
+    """
+
+    @staticmethod
+    def forward(ctx, dt, A, x, B, C):
+        with torch.autocast(dt.device.type, enabled=False):  # the matmuls stay in the state's dtype
+            shape = torch.broadcast_shapes(x.shape, B.shape, A.shape)
+            a = torch.mul(dt, A, out=x.new_empty(shape)).exp_()  # contiguous, as scan_ needs
+            h = scan_(torch.mul(x, B, out=x.new_empty(shape)), a)
+            y = (h @ C.mT).squeeze(-1)
+        ctx.save_for_backward(dt, A, x, B, C, a, h)
+        return y, h[-1].clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy, dlast):
+        dt, A, x, B, C, a, h = ctx.saved_tensors
+        with torch.autocast(dy.device.type, enabled=False):
+            dy = dy.to(h.dtype)
+            dh = torch.mul(dy[..., None], C, out=h.new_empty(h.shape))
+            dh[-1] += dlast
+            scan_(dh, a, backward=True)
+            dx = dh @ B.mT
+            dB = (x.mT @ dh).sum_to_size(B.shape)
+            dC = (dy[..., None, :] @ h).sum_to_size(C.shape)
+            dlog = dh.mul_(a)  # d loss / d (dt A) = dh_t a_t h_{t-1}; dh's buffer is not needed any more
+            dlog[1:].mul_(h[:-1])
+            dlog[0].zero_()
+            dA = (dlog * dt).sum((0, 1))
+            return dlog.mul_(A).sum(-1, keepdim=True), dA, dx, dB, dC
 
 
 def _time_major(BC: torch.Tensor, groups: int, dtype) -> torch.Tensor:
@@ -35,52 +127,9 @@ def _time_major(BC: torch.Tensor, groups: int, dtype) -> torch.Tensor:
     return BC.to(dtype).permute(3, 0, 1, 2)[:, :, :, None, :]
 
 
-def _pad_steps(x: torch.Tensor, steps: int) -> torch.Tensor:
-    """Append `steps` zero steps along dim 0."""
-    return torch.cat([x, x.new_zeros((steps,) + x.shape[1:])]) if steps else x
-
-
-def linear_recurrence(log_decay: torch.Tensor, drive: torch.Tensor) -> torch.Tensor:
-    """All states of h_t = exp(log_decay_t) * h_{t-1} + drive_t, h_{-1} = 0, along dim 0: (L, *S) -> (L, *S).
-
-    Chunked in two levels: L is cut into chunks of T steps and one loop of T steps advances every chunk at
-    once from a zero state; the state entering each chunk follows the same recurrence over chunks (decay:
-    the chunk's summed log_decay, drive: its last local state), solved by a recursive call; each chunk then
-    adds exp(cumsum of its log_decay) times its entering state. Only products of consecutive decays are
-    formed, the same numbers the recurrence multiplies, so nothing overflows that the recurrence would not.
-    """
-    # Under torch.compile with dynamic shapes the chunking specialises on the sizes (guard_int).
-    length, work = guard_int(drive.shape[0]), guard_int(drive[0].numel())
-    chunks = min(length // 2, CHUNK_WORK // max(work, 1))
-    if chunks < 2:
-        h, states = torch.zeros_like(drive[0]), []
-        for decay, x in zip(log_decay.exp().unbind(0), drive.unbind(0)):
-            h = decay * h + x
-            states.append(h)
-        return torch.stack(states)
-    steps = -(-length // chunks)
-    chunks = -(-length // steps)
-    pad = chunks * steps - length
-    log_decay = _pad_steps(log_decay, pad).unflatten(0, (chunks, steps))  # (chunks, T, *S)
-    drive = _pad_steps(drive, pad).unflatten(0, (chunks, steps))
-    h, local = torch.zeros_like(drive[:, 0]), []
-    for decay, x in zip(log_decay.exp().unbind(1), drive.unbind(1)):
-        h = decay * h + x
-        local.append(h)
-    local = torch.stack(local, 1)
-    cumulative = log_decay.cumsum(1)
-    ends = linear_recurrence(cumulative[:, -1], local[:, -1])  # state after each chunk
-    entering = torch.cat([torch.zeros_like(ends[:1]), ends[:-1]])[:, None]
-    return (local + cumulative.exp() * entering).flatten(0, 1)[:length]
-
-
 def selective_scan_fast(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                        return_last_state=False, reverse=False, *, chunked=None):
-    """Same arguments, shapes and results as `selective_scan_ref`.
-
-    `chunked`: scan with `linear_recurrence` (True) or one loop iteration per step (False); None chooses
-    chunked when batch * dim * N < CHUNK_BELOW.
-    """
+                        return_last_state=False, reverse=False):
+    """Same arguments, shapes and results as `selective_scan_ref`."""
     dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     batch, dim, length = u.shape
     n = A.shape[1]
@@ -92,28 +141,14 @@ def selective_scan_fast(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
         dt = F.softplus(dt)
     # Time-major, channels split into (groups, channels per group): (L, batch, G, dim / G, 1).
     dt = dt.permute(2, 0, 1).reshape(length, batch, groups, dim // groups, 1)
-    uf = u.to(dtype).permute(2, 0, 1).reshape(dt.shape)
-    log_decay = dt * A.to(dtype).reshape(groups, dim // groups, n)  # (L, batch, G, dim / G, N)
-    drive = (dt * uf) * _time_major(B, groups, dtype)
-    Ct = _time_major(C, groups, dtype)
-    if chunked is None:
-        chunked = batch * dim * n < CHUNK_BELOW
-    if chunked:
-        if reverse:
-            log_decay, drive, Ct = log_decay.flip(0), drive.flip(0), Ct.flip(0)
-        states = linear_recurrence(log_decay, drive)
-        y, h = (states * Ct).sum(-1), states[-1]  # y: (L, batch, G, dim / G)
-        y = (y.flip(0) if reverse else y).permute(1, 2, 3, 0).contiguous()
-    else:
-        h = torch.zeros_like(drive[0])
-        ys = [None] * length
-        steps = range(length - 1, -1, -1) if reverse else range(length)
-        decays, drives, Cs = torch.exp(log_decay).unbind(0), drive.unbind(0), Ct.unbind(0)
-        for t in steps:
-            h = decays[t] * h + drives[t]
-            ys[t] = (h * Cs[t]).sum(-1)
-        y = torch.stack(ys, dim=-1)
-    y = y.reshape(batch, dim, length)
+    x = dt * u.to(dtype).permute(2, 0, 1).reshape(dt.shape)
+    Bt, Ct = _time_major(B, groups, dtype), _time_major(C, groups, dtype)
+    if reverse:
+        dt, x, Bt, Ct = dt.flip(0), x.flip(0), Bt.flip(0), Ct.flip(0)
+    y, h = _Scan.apply(dt, A.to(dtype).reshape(groups, dim // groups, n), x, Bt, Ct)
+    if reverse:
+        y = y.flip(0)
+    y = y.permute(1, 2, 3, 0).reshape(batch, dim, length).contiguous()
     if D is not None:
         y = y + u.to(dtype) * D.to(dtype)[:, None]
     if z is not None:
