@@ -4,6 +4,7 @@
                                       [--compile]
     python bench/vision.py digits --out DIR [train.py overrides ...]
     python bench/vision.py ddp --out DIR          # on a machine with two GPUs
+    python bench/vision.py profile --out DIR [--models vim2_tiny] [--sizes 224] [--batch 256]
 
 throughput: bf16 autocast, channels-last inputs, in one process: training img/s (forward, backward, AdamW
 step) and inference img/s (forward under no_grad) from CUDA-event timing after warmup, and the peak GPU
@@ -16,6 +17,9 @@ epochs, one after another. Writes DIR/vision_digits.json.
 ddp: the digits experiment (augmentation off) on one GPU with batch 64 and through DDP on two GPUs with
 batch 32 each (the same global batch and learning rate); prints both runs' per-epoch train and val loss
 and their largest relative difference. Writes DIR/vision_ddp.json.
+profile: the throughput run's training step under torch.profiler; GPU kernel time per step by kind (the
+S6 scan kernels of both mixers, GEMMs, normalisation, optimizer, copies, elementwise work, the rest), and
+the training img/s the step would reach if the scan kernels took no time. Writes DIR/vision_profile.json.
 """
 
 from __future__ import annotations
@@ -56,9 +60,8 @@ def timed(fn, warmup: int, iters: int) -> float:
     return start.elapsed_time(end) / 1e3 / iters
 
 
-def measure(name: str, size: int, batch: int, warmup: int, iters: int, compile: bool = False) -> dict:
-    model = build(name, size)
-    run = torch.compile(model) if compile else model
+def training_step(model, run, size: int, batch: int):
+    """A bf16 training step (forward, backward, fused AdamW) of `run` (the model or its compiled form)."""
     x = torch.randn(batch, 3, size, size, device="cuda").to(memory_format=torch.channels_last)
     y = torch.randint(1000, (batch,), device="cuda")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
@@ -70,6 +73,14 @@ def measure(name: str, size: int, batch: int, warmup: int, iters: int, compile: 
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    return train_step, x
+
+
+def measure(name: str, size: int, batch: int, warmup: int, iters: int, compile: bool = False) -> dict:
+    model = build(name, size)
+    run = torch.compile(model) if compile else model
+    train_step, x = training_step(model, run, size, batch)
 
     @torch.no_grad()
     def infer():
@@ -106,6 +117,51 @@ def throughput(args) -> list[dict]:
             torch.cuda.empty_cache()
             rows.append(row)
             print(json.dumps(row), flush=True)
+    return rows
+
+
+#: Kernel kinds of the profile, by substrings of the kernel name (first match wins; the rest is "other").
+KERNEL_KINDS = {
+    "S6 scan kernels": ("s6_fwd_kernel", "s6_bwd_kernel"),
+    "GEMMs": ("gemm", "cutlass", "xmma", "nvjet", "cublas", "matmul"),
+    "normalisation": ("norm",),
+    "optimizer": ("adam", "multi_tensor"),
+    "copies, concatenation": ("copy", "catarray"),
+    "elementwise, reductions": ("elementwise", "vectorized", "reduce"),
+}
+
+
+def profile(args) -> list[dict]:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    rows = []
+    for size in args.sizes:
+        for name in args.models:
+            model = build(name, size).train()
+            train_step, _ = training_step(model, model, size, args.batch)
+            step_s = timed(train_step, args.warmup, args.iters)
+            with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(args.iters):
+                    train_step()
+                torch.cuda.synchronize()
+            kinds = dict.fromkeys([*KERNEL_KINDS, "other"], 0.0)
+            for event in prof.key_averages():
+                us = getattr(event, "self_device_time_total", 0) or 0
+                if us <= 0:
+                    continue
+                kernel = event.key.lower()
+                kind = next((k for k, keys in KERNEL_KINDS.items() if any(s in kernel for s in keys)), "other")
+                kinds[kind] += us / 1e3 / args.iters
+            busy = sum(kinds.values())
+            row = {"model": name, "img_size": size, "batch": args.batch, "step_ms": round(1e3 * step_s, 1),
+                   "kernel_ms": {k: round(v, 1) for k, v in kinds.items()}, "kernel_busy_ms": round(busy, 1),
+                   "train_img_s": round(args.batch / step_s, 1),
+                   "train_img_s_without_scans": round(args.batch / (step_s - kinds["S6 scan kernels"] / 1e3), 1)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            del model, train_step
+            torch.cuda.empty_cache()
     return rows
 
 
@@ -181,7 +237,7 @@ def ddp(args) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["throughput", "digits", "ddp"])
+    parser.add_argument("what", choices=["throughput", "digits", "ddp", "profile"])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--models", type=lambda s: s.split(","), default=["vim2_tiny", "vim2_small", *REFERENCES])
     parser.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=[224, 512])
@@ -192,7 +248,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = {"throughput": throughput, "digits": digits, "ddp": ddp}[args.what](args)
+    rows = {"throughput": throughput, "digits": digits, "ddp": ddp, "profile": profile}[args.what](args)
     meta = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "torch": torch.__version__}
     name = f"vision_{args.what}{'_compiled' if args.what == 'throughput' and args.compile else ''}"
