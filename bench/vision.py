@@ -4,7 +4,7 @@
                                       [--compile]
     python bench/vision.py digits --out DIR [train.py overrides ...]
     python bench/vision.py ddp --out DIR          # on a machine with two GPUs
-    python bench/vision.py profile --out DIR [--models vim2_tiny] [--sizes 224] [--batch 256]
+    python bench/vision.py profile --out DIR [--models vim2_tiny,...] [--sizes 224,...] [--batch 256]
 
 throughput: bf16 autocast, channels-last inputs, in one process: training img/s (forward, backward, AdamW
 step) and inference img/s (forward under no_grad) from CUDA-event timing after warmup, and the peak GPU
