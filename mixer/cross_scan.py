@@ -20,8 +20,10 @@ class CrossScanSSM(nn.Module):
     with its own x/dt projections, A and D, over the tokens in row-major order forwards and backwards and in
     column-major order forwards and backwards (VMamba's cross-scan); their outputs, put back on the grid,
     are added, gated by silu(z) and projected back to dim. With ssm="s6" each order's two directions run as
-    one fused bidirectional scan; ssm="ssd" uses Mamba-2 scalar-A heads of `headdim` channels.
-    Initialisation as `SelectiveSSM`. Any H and W.
+    one fused bidirectional scan over the tokens in place: the tensors stay (batch, H * W, channels), the
+    four x-projections are one GEMM, and the column-major pair walks the row-major grid down its columns
+    (`column_grid_height`), so nothing is transposed or copied per order. ssm="ssd" uses Mamba-2 scalar-A
+    heads of `headdim` channels. Initialisation as `SelectiveSSM`. Any H and W.
     """
 
     def __init__(self, dim: int, d_state: int = 16, expand: float = 2, d_conv: int = 3, dt_rank: int | str = "auto",
@@ -49,20 +51,34 @@ class CrossScanSSM(nn.Module):
         )
         self.out_proj = nn.Linear(d_inner, dim, bias=bias)
 
-    def _scan_pair(self, pair, u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Both directions over u, z (batch, d_inner, L): silu(z) * (forward scan + backward scan)."""
-        if self.ssm == "s6":
-            fwd, bwd = (direction.s6_inputs(u) for direction in pair)
-            return selective_scan_bidirectional_fn(*zip(fwd, bwd), z=z, delta_softplus=True, backend=pair[0].backend)
-        return pair[0](u, z) + pair[1](u, z)
+    def _s6_orders(self, u: torch.Tensor, z: torch.Tensor, height: int) -> torch.Tensor:
+        """u, z: (batch, L, d_inner), the tokens row-major -> the four scans' gated sum, (batch, L, d_inner)."""
+        params = F.linear(u, torch.cat([direction.x_proj.weight for direction in self.directions]))
+        per_direction = []
+        for direction, p in zip(self.directions, params.chunk(4, dim=-1)):  # each (batch, L, dt_rank + 2N)
+            dt, B, C = p.split([direction.dt_rank, direction.d_state, direction.d_state], dim=-1)
+            delta = F.linear(dt, direction.dt_proj.weight)
+            per_direction.append((u.mT, delta.mT, -torch.exp(direction.A_log.float()), B.mT, C.mT,
+                                  direction.D.float(), direction.dt_proj.bias.float()))
+        backend = self.directions[0].backend
+        rows = selective_scan_bidirectional_fn(*zip(*per_direction[:2]), z=z.mT, delta_softplus=True, backend=backend)
+        cols = selective_scan_bidirectional_fn(*zip(*per_direction[2:]), z=z.mT, delta_softplus=True,
+                                               column_grid_height=height, backend=backend)
+        return (rows + cols).mT
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[-1] != self.dim:
             raise ValueError(f"x: expected shape (batch, H, W, dim={self.dim}), got {tuple(x.shape)}")
         batch, height, width, _ = x.shape
-        u, z = self.in_proj(x).permute(0, 3, 1, 2).chunk(2, dim=1)  # each (batch, d_inner, H, W)
-        u = F.silu(self.conv2d(u))
-        rows = self._scan_pair(self.directions[:2], u.flatten(2), z.flatten(2))
-        cols = self._scan_pair(self.directions[2:], u.transpose(2, 3).flatten(2), z.transpose(2, 3).flatten(2))
+        u, z = self.in_proj(x).chunk(2, dim=-1)  # each (batch, H, W, d_inner)
+        # The depthwise conv on channels-last memory, so u stays (batch, H, W, d_inner) in memory.
+        u = F.silu(self.conv2d(u.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last))).permute(0, 2, 3, 1)
+        if self.ssm == "s6":
+            y = self._s6_orders(u.reshape(batch, height * width, -1), z.reshape(batch, height * width, -1), height)
+            return self.out_proj(y).view(batch, height, width, self.dim)
+        u, z = u.permute(0, 3, 1, 2), z.permute(0, 3, 1, 2)  # (batch, d_inner, H, W)
+        rows = self.directions[0](u.flatten(2), z.flatten(2)) + self.directions[1](u.flatten(2), z.flatten(2))
+        u_cols, z_cols = u.transpose(2, 3).flatten(2), z.transpose(2, 3).flatten(2)
+        cols = self.directions[2](u_cols, z_cols) + self.directions[3](u_cols, z_cols)
         y = rows.view(batch, -1, height, width) + cols.view(batch, -1, width, height).transpose(2, 3)
         return self.out_proj(y.permute(0, 2, 3, 1))

@@ -108,6 +108,10 @@ def _pairs(**change):
     (dict(u=(torch.randn(2, 4, 7, dtype=torch.float64), torch.randn(2, 4, 8, dtype=torch.float64))),
      r"backward direction: delta: expected shape \(batch, dim, L\) = \(2, 4, 8\)"),
     (dict(z=torch.randn(2, 4, 6, dtype=torch.float64)), r"z: expected shape \(batch, dim, L\) = \(2, 4, 7\)"),
+
+    (dict(column_grid_height=2), r"column_grid_height: expected a positive int dividing L=7, got 2"),
+    (dict(column_grid_height=0), r"column_grid_height: expected a positive int dividing L=7, got 0"),
+    (dict(column_grid_height=7.0), r"column_grid_height: expected a positive int dividing L=7, got 7.0"),
 ])
 def test_bidirectional_errors(change, message):
     with pytest.raises(ValueError, match=message):

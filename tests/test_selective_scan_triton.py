@@ -11,6 +11,7 @@ from mambamixer.mixer import SelectiveSSM
 from helpers import grads, rel_err, s6_inputs, with_grad
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+SCAN_LAYOUT = ("u", "delta", "B", "C", "z")  # the (batch, ..., L) arguments
 
 
 def as_float(args, dtype=torch.float32):
@@ -169,3 +170,62 @@ def test_too_large_for_32_bit_offsets_is_named():
                 C=torch.empty(batch, n, length, **meta))
     with pytest.raises(ValueError, match=r"u: the Triton kernels take dim \* 32 \* N below 2\*\*31"):
         selective_scan_fn(**args, backend="triton")
+
+
+def token_major(t):
+    """t (batch, ..., X, L) stored as (batch, ..., L, X): how a layer's (batch, L, channels) tensors arrive."""
+    return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+
+@pytest.mark.parametrize("groups", [None, 3])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_token_major_inputs_give_token_major_output_and_gradients(small_blocks, groups, reverse):
+    """Inputs stored (batch, L, dim): the kernels read them in place and write the output, du, ddelta, dz,
+    dB and dC in that layout, with the values of the contiguous case."""
+    a = s6_inputs(dim=6, n=5, length=29, groups=groups, seed=14)
+    tri = with_grad({k: token_major(v) if k in SCAN_LAYOUT else v for k, v in as_float(a).items()})
+    out = selective_scan_fn(**tri, reverse=reverse, backend="triton")
+    leaves = with_grad(a)
+    ref = selective_scan_ref(**leaves, reverse=reverse)
+    assert out.stride(1) == 1 and rel_err(out, ref) < 1e-5
+    g_tri, g_ref = grads(out.double(), tri), grads(ref, leaves)
+    for name in g_tri:
+        assert rel_err(g_tri[name], g_ref[name]) < 1e-5, name
+        if name in SCAN_LAYOUT:
+            assert g_tri[name].stride(-2) == 1, name
+
+
+def columns(t, height):
+    """t (..., L) for L = height * W positions of a row-major grid, reordered down the columns."""
+    return t.unflatten(-1, (height, -1)).transpose(-1, -2).flatten(-2)
+
+
+@pytest.mark.parametrize("height,width", [(3, 5), (1, 6), (6, 1), (4, 4)])
+@pytest.mark.parametrize("layout", ["channels", "tokens"])
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_column_order_scans_the_grid_down_its_columns(small_blocks, height, width, layout, backend):
+    """column_grid_height=H: the same as scanning the grid's transpose and transposing the output back,
+    forward and every gradient, with no copy on the Triton backend."""
+    length = height * width
+    f, b = s6_inputs(dim=6, length=length, groups=3, seed=15), s6_inputs(dim=6, length=length, seed=16)
+    z = f.pop("z")
+    b.pop("z")
+    leaves = with_grad({**{k + "0": v for k, v in f.items()}, **{k + "1": v for k, v in b.items()}, "z": z})
+
+    def cols(name):
+        t = leaves[name]
+        return columns(t, height) if name.rstrip("01") in SCAN_LAYOUT else t
+
+    ref = (selective_scan_ref(**{k: cols(k + "0") for k in f})
+           + selective_scan_ref(**{k: cols(k + "1") for k in b}, reverse=True)) * F.silu(cols("z"))
+    ref = ref.unflatten(-1, (width, height)).transpose(-1, -2).flatten(-2)  # back to row-major positions
+    tri = as_float(leaves)
+    if layout == "tokens":
+        tri = {k: token_major(v) if k.rstrip("01") in SCAN_LAYOUT else v for k, v in tri.items()}
+    tri = with_grad(tri)
+    out = selective_scan_bidirectional_fn(*[(tri[k + "0"], tri[k + "1"]) for k in NAMES], z=tri["z"],
+                                          delta_softplus=True, column_grid_height=height, backend=backend)
+    assert rel_err(out, ref) < 1e-5
+    g_tri, g_ref = grads(out.double(), tri), grads(ref, leaves)
+    for name in g_tri:
+        assert rel_err(g_tri[name], g_ref[name]) < 1e-5, name

@@ -4,7 +4,9 @@
 
 the bidirectional selective mixer of MambaMixer / Vision Mamba. The Triton backend runs both directions
 in one launch and adds them before the gate without flipping any tensor; the PyTorch backend runs the
-two scans of `selective_scan_fn`.
+two scans of `selective_scan_fn`. With `column_grid_height` the positions are an image's tokens and the
+pair scans them down the columns (VMamba's vertical cross-scan orders), again without a transposed copy
+on the Triton backend.
 """
 
 from __future__ import annotations
@@ -45,13 +47,27 @@ def split_directions(names, values, check, a_index):
     return forward, backward
 
 
+def _columns(t, height):
+    """t (..., L), L = height * W positions of a row-major grid, in column-major order."""
+    return t.unflatten(-1, (height, -1)).transpose(-1, -2).flatten(-2)
+
+
+def _rows(t, height):
+    """The inverse of `_columns`."""
+    return t.unflatten(-1, (-1, height)).transpose(-1, -2).flatten(-2)
+
+
 def selective_scan_bidirectional_fn(u, delta, A, B, C, D=(None, None), delta_bias=(None, None), *, z=None,
-                                    delta_softplus=False, backend="auto"):
+                                    delta_softplus=False, column_grid_height=None, backend="auto"):
     """Each of u, delta, A, B, C, D, delta_bias is a pair (forward direction, backward direction) with the
     shapes of `selective_scan_fn`; the pairs share batch, dim, L and N (B/C groupings may differ). z:
     (batch, dim, L) gates the sum. Returns (batch, dim, L) in u's dtype.
 
-    D and delta_bias are given for both directions or for neither.
+    D and delta_bias are given for both directions or for neither. column_grid_height: H dividing L, to take
+    the L positions as a row-major grid of H rows and scan it column by column (top to bottom, then the next
+    column; the backward direction the reverse); inputs and output stay in row-major order.
+    Inputs stored as (batch, L, dim) (seen as (batch, dim, L) through a transpose) give an output and
+    gradients in that layout, which the Triton kernels read and write fastest.
     """
     forward, backward = split_directions(_NAMES, (u, delta, A, B, C, D, delta_bias),
                                          lambda a: check_selective_scan_args(*a[:5], a[5], None, a[6]), a_index=2)
@@ -59,9 +75,23 @@ def selective_scan_bidirectional_fn(u, delta, A, B, C, D=(None, None), delta_bia
         if (forward[i] is None) != (backward[i] is None):
             raise ValueError(f"{_NAMES[i]}: give it for both directions or for neither")
     check_optional("z", z, "(batch, dim, L)", tuple(forward[0].shape), forward[0].device)
+    length = forward[0].shape[2]
+    height = column_grid_height
+    if height is not None and (isinstance(height, bool) or not isinstance(height, int) or height < 1
+                               or length % height):
+        raise ValueError(f"column_grid_height: expected a positive int dividing L={length}, got {height!r}")
     float64 = compute_dtype(*forward, *backward, z) == torch.float64
     if resolve_backend(backend, forward[0], has_kernel=True, float64=float64) == "triton":
-        return selective_scan_bidirectional_triton(forward, backward, z, delta_softplus)
+        return selective_scan_bidirectional_triton(forward, backward, z, delta_softplus, height or 0)
+    if height is not None:
+        def cols(t):
+            return t if t is None or t.dim() < 3 else _columns(t, height)
+
+        forward, backward = (tuple(map(cols, a[:2])) + a[2:3] + tuple(map(cols, a[3:5])) + a[5:]
+                             for a in (forward, backward))
+        out = selective_scan_bidirectional_fn(*zip(forward, backward), z=cols(z), delta_softplus=delta_softplus,
+                                              backend=backend)
+        return _rows(out, height)
     y = selective_scan_fast(*forward[:5], D=forward[5], delta_bias=forward[6], delta_softplus=delta_softplus)
     y_rev = selective_scan_fast(*backward[:5], D=backward[5], delta_bias=backward[6], delta_softplus=delta_softplus,
                                 reverse=True)

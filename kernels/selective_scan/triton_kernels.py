@@ -108,6 +108,17 @@ def _load_C(C_ptr, sC_t, t, u, WC, mask_n, valid, PROJ: tl.constexpr, E: tl.cons
 
 
 @triton.jit
+def _position(t, L, H, COLS: tl.constexpr):
+    """Where step t of the scan order lies in memory: t, or with COLS the t-th token of a row-major grid of H
+    rows walked column by column (down each column, left to right)."""
+    if COLS:
+        pos = (t % H) * (L // H) + t // H
+    else:
+        pos = t
+    return pos
+
+
+@triton.jit
 def _step_inputs(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, bias, Wr, wdt, WB, t, mask_d, mask_n, valid,
                  HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, PROJ: tl.constexpr, E: tl.constexpr,
                  BLOCK_D: tl.constexpr):
@@ -143,14 +154,16 @@ def _scan_fwd_direction(
     z_ptr, sz_b, sz_d, sz_t,
     out_ptr, so_b, so_d, so_t,
     last_ptr, states_ptr,
-    pid_b, pid_d, dim, L, N, n_chunks,
+    pid_b, pid_d, dim, L, N, n_chunks, H,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, GATE: tl.constexpr,
     REVERSE: tl.constexpr, ACCUMULATE: tl.constexpr, SAVE_STATES: tl.constexpr, STORE_LAST: tl.constexpr,
-    PROJ: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    COLS: tl.constexpr, PROJ: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    CHUNK: tl.constexpr,
 ):
     """One direction's forward. states: (batch, dim, n_chunks, N) float32, the state before each CHUNK
     steps in scan order; last: (batch, dim, N) float32, the state after the last step. With PROJ, A, D and
-    delta_bias are (E, ...): one row per place in a group."""
+    delta_bias are (E, ...): one row per place in a group. With COLS the L = H * W positions are a row-major
+    grid scanned column by column (`_position`); outputs go to the inputs' positions."""
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     mask_d, mask_n = offs_d < dim, offs_n < N
@@ -174,6 +187,7 @@ def _scan_fwd_direction(
             t = L - 1 - i
         else:
             t = i
+        t = _position(t, L, H, COLS)
         if SAVE_STATES:
             tl.store(states_ptr + state_offs + (i // CHUNK) * N, h, mask=mask_dn & (i % CHUNK == 0))
         u, dl, dt, Bt, r = _step_inputs(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, bias, Wr, wdt, WB, t, mask_d,
@@ -205,13 +219,14 @@ def _scan_bwd_direction(
     dout_ptr, sdo_b, sdo_d, sdo_t,
     states_ptr, scratch_ptr,
     du_ptr, ddl_ptr, dz_ptr, dB_ptr, dB_g, dC_ptr, dC_g, dA_ptr, dD_ptr, dbias_ptr, dWx_ptr, dwdt_ptr,
-    pid_b, pid_d, dim, L, N, n_chunks,
+    pid_b, pid_d, dim, L, N, n_chunks, H,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, GATE: tl.constexpr,
-    REVERSE: tl.constexpr, ACCUMULATE: tl.constexpr,
+    REVERSE: tl.constexpr, ACCUMULATE: tl.constexpr, COLS: tl.constexpr, TOKEN_MAJOR: tl.constexpr,
     PROJ: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    """Gradients of one direction. du, ddelta, dz: contiguous (batch, dim, L) in the inputs' dtypes;
-    dB, dC: float32 (batch, groups, N, L), added to atomically; dA (batch, dim, N), dD and dbias
+    """Gradients of one direction. du, ddelta, dz: contiguous (batch, dim, L) in the inputs' dtypes, or with
+    TOKEN_MAJOR contiguous (batch, L, dim); dB, dC: float32 (batch, groups, N, L) (TOKEN_MAJOR: (batch,
+    groups, L, N)), added to atomically; dA (batch, dim, N), dD and dbias
     (batch, dim): float32 per-sequence sums. With ACCUMULATE, dz already holds the other direction's
     part and this one is added to it. scratch: CHUNK * BLOCK_D * BLOCK_N float32 per program. With PROJ
     (no ddelta, dB, dC): dWx (batch, dim, 1 + 2N) and dwdt (batch, dim) float32 per-channel sums of the
@@ -229,13 +244,16 @@ def _scan_bwd_direction(
     group_C = (pid_d * BLOCK_D) // C_dpg
     B_ptr += pid_b * sB_b + group_B * sB_g + offs_n * sB_n
     C_ptr += pid_b * sC_b + group_C * sC_g + offs_n * sC_n
-    dB_ptr += (pid_b * dB_g + group_B) * N * L + offs_n * L
-    dC_ptr += (pid_b * dC_g + group_C) * N * L + offs_n * L
+    if TOKEN_MAJOR:  # position t of the gradients: + t * grad_t, of dB and dC: + t * dbc_t
+        grad_offs, grad_t, dbc_n, dbc_t = pid_b * dim * L + offs_d, dim, 1, N
+    else:
+        grad_offs, grad_t, dbc_n, dbc_t = (pid_b * dim + offs_d) * L, 1, L, 1
+    dB_ptr += (pid_b * dB_g + group_B) * N * L + offs_n * dbc_n
+    dC_ptr += (pid_b * dC_g + group_C) * N * L + offs_n * dbc_n
     u_ptr += pid_b * su_b + offs_d * su_d
     dl_ptr += pid_b * sdl_b + offs_d * sdl_d
     z_ptr += pid_b * sz_b + offs_d * sz_d
     dout_ptr += pid_b * sdo_b + offs_d * sdo_d
-    grad_offs = (pid_b * dim + offs_d) * L  # contiguous (batch, dim, L) gradients, + t
     state_offs = (pid_b * dim + offs_d[:, None]) * n_chunks * N + offs_n[None, :]
     scratch_ptr += ((pid_b * tl.num_programs(0) + pid_d) * CHUNK * BLOCK_D + tl.arange(0, BLOCK_D)[:, None]) \
         * BLOCK_N + offs_n[None, :]
@@ -258,6 +276,7 @@ def _scan_bwd_direction(
                 t = L - 1 - i
             else:
                 t = i
+            t = _position(t, L, H, COLS)
             u, dl, dt, Bt, r = _step_inputs(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, bias, Wr, wdt, WB, t, mask_d,
                                             mask_n, i < L, HAS_BIAS, SOFTPLUS, PROJ, E, BLOCK_D)
             h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt
@@ -271,6 +290,7 @@ def _scan_bwd_direction(
                 t = L - 1 - i
             else:
                 t = i
+            t = _position(t, L, H, COLS)
             u, dl, dt, Bt, r = _step_inputs(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, bias, Wr, wdt, WB, t, mask_d,
                                             mask_n, valid, HAS_BIAS, SOFTPLUS, PROJ, E, BLOCK_D)
             Ct = _load_C(C_ptr, sC_t, t, u, WC, mask_n, valid, PROJ, E, BLOCK_D)
@@ -284,8 +304,8 @@ def _scan_bwd_direction(
                     y += Dv * u
                 dz = dout * y * sig * (1.0 + zt * (1.0 - sig))
                 if ACCUMULATE:
-                    dz += tl.load(dz_ptr + grad_offs + t, mask=mask_d & valid, other=0.0).to(tl.float32)
-                tl.store(dz_ptr + grad_offs + t, dz.to(dz_ptr.dtype.element_ty), mask=mask_d & valid)
+                    dz += tl.load(dz_ptr + grad_offs + t * grad_t, mask=mask_d & valid, other=0.0).to(tl.float32)
+                tl.store(dz_ptr + grad_offs + t * grad_t, dz.to(dz_ptr.dtype.element_ty), mask=mask_d & valid)
                 dy = dout * zt * sig
             else:
                 dy = dout
@@ -319,10 +339,10 @@ def _scan_bwd_direction(
             else:
                 dBt = tl.sum(g * dtu[:, None], axis=0)
                 dCt = tl.sum(h * dy[:, None], axis=0)
-                tl.store(ddl_ptr + grad_offs + t, ddt.to(ddl_ptr.dtype.element_ty), mask=mask_d & valid)
-                tl.atomic_add(dB_ptr + t, dBt, mask=mask_n & valid, sem="relaxed")
-                tl.atomic_add(dC_ptr + t, dCt, mask=mask_n & valid, sem="relaxed")
-            tl.store(du_ptr + grad_offs + t, du.to(du_ptr.dtype.element_ty), mask=mask_d & valid)
+                tl.store(ddl_ptr + grad_offs + t * grad_t, ddt.to(ddl_ptr.dtype.element_ty), mask=mask_d & valid)
+                tl.atomic_add(dB_ptr + t * dbc_t, dBt, mask=mask_n & valid, sem="relaxed")
+                tl.atomic_add(dC_ptr + t * dbc_t, dCt, mask=mask_n & valid, sem="relaxed")
+            tl.store(du_ptr + grad_offs + t * grad_t, du.to(du_ptr.dtype.element_ty), mask=mask_d & valid)
         tl.debug_barrier()
     tl.store(dA_ptr + (pid_b * dim + offs_d[:, None]) * N + offs_n[None, :], dA_acc, mask=mask_dn)
     if HAS_D:
@@ -344,10 +364,10 @@ def s6_fwd_kernel(
     u1, su1_b, su1_d, su1_t, dl1, sdl1_b, sdl1_d, sdl1_t, A1, sA1_d, sA1_n,
     B1, sB1_b, sB1_g, sB1_n, sB1_t, B1_dpg, C1, sC1_b, sC1_g, sC1_n, sC1_t, C1_dpg, D1, bias1, Wx1, wdt1, states1,
     z, sz_b, sz_d, sz_t, out, so_b, so_d, so_t, last,
-    dim, L, N, n_chunks,
+    dim, L, N, n_chunks, H,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
-    REVERSE: tl.constexpr, BIDIR: tl.constexpr, SAVE_STATES: tl.constexpr, PROJ: tl.constexpr, E: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    REVERSE: tl.constexpr, BIDIR: tl.constexpr, SAVE_STATES: tl.constexpr, COLS: tl.constexpr, PROJ: tl.constexpr,
+    E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
     """Grid (cdiv(dim, BLOCK_D), batch). Direction 0 scans in the order REVERSE says; with BIDIR, direction 1
     then scans last-to-first and adds its output before the gate."""
@@ -355,17 +375,17 @@ def s6_fwd_kernel(
     _scan_fwd_direction(u0, su0_b, su0_d, su0_t, dl0, sdl0_b, sdl0_d, sdl0_t, A0, sA0_d, sA0_n,
                         B0, sB0_b, sB0_g, sB0_n, sB0_t, B0_dpg, C0, sC0_b, sC0_g, sC0_n, sC0_t, C0_dpg, D0, bias0,
                         Wx0, wdt0, z, sz_b, sz_d, sz_t, out, so_b, so_d, so_t, last, states0,
-                        pid_b, pid_d, dim, L, N, n_chunks,
+                        pid_b, pid_d, dim, L, N, n_chunks, H,
                         HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z and not BIDIR, REVERSE, False, SAVE_STATES, not BIDIR,
-                        PROJ, E, BLOCK_D, BLOCK_N, CHUNK)
+                        COLS, PROJ, E, BLOCK_D, BLOCK_N, CHUNK)
     if BIDIR:
         tl.debug_barrier()  # direction 1 reads the outputs this program's threads just wrote
         _scan_fwd_direction(u1, su1_b, su1_d, su1_t, dl1, sdl1_b, sdl1_d, sdl1_t, A1, sA1_d, sA1_n,
                             B1, sB1_b, sB1_g, sB1_n, sB1_t, B1_dpg, C1, sC1_b, sC1_g, sC1_n, sC1_t, C1_dpg, D1,
                             bias1, Wx1, wdt1, z, sz_b, sz_d, sz_t, out, so_b, so_d, so_t, last, states1,
-                            pid_b, pid_d, dim, L, N, n_chunks,
+                            pid_b, pid_d, dim, L, N, n_chunks, H,
                             HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z, True, True, SAVE_STATES, False,
-                            PROJ, E, BLOCK_D, BLOCK_N, CHUNK)
+                            COLS, PROJ, E, BLOCK_D, BLOCK_N, CHUNK)
 
 
 @triton.jit
@@ -377,10 +397,10 @@ def s6_bwd_kernel(
     B1, sB1_b, sB1_g, sB1_n, sB1_t, B1_dpg, C1, sC1_b, sC1_g, sC1_n, sC1_t, C1_dpg, D1, bias1, Wx1, wdt1, states1,
     du1, ddl1, dB1, dB1_g, dC1, dC1_g, dA1, dD1, dbias1, dWx1, dwdt1,
     z, sz_b, sz_d, sz_t, dout, sdo_b, sdo_d, sdo_t, dz, scratch,
-    dim, L, N, n_chunks,
+    dim, L, N, n_chunks, H,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
-    REVERSE: tl.constexpr, BIDIR: tl.constexpr, PROJ: tl.constexpr, E: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    REVERSE: tl.constexpr, BIDIR: tl.constexpr, COLS: tl.constexpr, TOKEN_MAJOR: tl.constexpr, PROJ: tl.constexpr,
+    E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
     """Grid (cdiv(dim, BLOCK_D), batch); the gradients of `s6_fwd_kernel`, direction by direction."""
     pid_d, pid_b = tl.program_id(0), tl.program_id(1)
@@ -388,13 +408,15 @@ def s6_bwd_kernel(
                         B0, sB0_b, sB0_g, sB0_n, sB0_t, B0_dpg, C0, sC0_b, sC0_g, sC0_n, sC0_t, C0_dpg, D0, bias0,
                         Wx0, wdt0, z, sz_b, sz_d, sz_t, dout, sdo_b, sdo_d, sdo_t, states0, scratch,
                         du0, ddl0, dz, dB0, dB0_g, dC0, dC0_g, dA0, dD0, dbias0, dWx0, dwdt0,
-                        pid_b, pid_d, dim, L, N, n_chunks,
-                        HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z, REVERSE, False, PROJ, E, BLOCK_D, BLOCK_N, CHUNK)
+                        pid_b, pid_d, dim, L, N, n_chunks, H,
+                        HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z, REVERSE, False, COLS, TOKEN_MAJOR, PROJ, E, BLOCK_D,
+                        BLOCK_N, CHUNK)
     if BIDIR:
         tl.debug_barrier()  # direction 1 adds its part to the dz this program's threads just wrote
         _scan_bwd_direction(u1, su1_b, su1_d, su1_t, dl1, sdl1_b, sdl1_d, sdl1_t, A1, sA1_d, sA1_n,
                             B1, sB1_b, sB1_g, sB1_n, sB1_t, B1_dpg, C1, sC1_b, sC1_g, sC1_n, sC1_t, C1_dpg, D1,
                             bias1, Wx1, wdt1, z, sz_b, sz_d, sz_t, dout, sdo_b, sdo_d, sdo_t, states1, scratch,
                             du1, ddl1, dz, dB1, dB1_g, dC1, dC1_g, dA1, dD1, dbias1, dWx1, dwdt1,
-                            pid_b, pid_d, dim, L, N, n_chunks,
-                            HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z, True, True, PROJ, E, BLOCK_D, BLOCK_N, CHUNK)
+                            pid_b, pid_d, dim, L, N, n_chunks, H,
+                            HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z, True, True, COLS, TOKEN_MAJOR, PROJ, E, BLOCK_D,
+                            BLOCK_N, CHUNK)

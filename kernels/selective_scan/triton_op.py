@@ -112,22 +112,37 @@ def _n_chunks(length, chunk):
     return triton.cdiv(length, chunk)
 
 
+def _token_major(u) -> bool:
+    """Whether u (batch, dim, L) keeps each step's channels together (stride of dim below that of L), as a
+    (batch, L, dim) tensor seen through a transpose does; outputs and gradients then take that layout too,
+    so each step of the kernels reads and writes one contiguous run of channels."""
+    return u.stride(1) < u.stride(2)
+
+
+def _empty_scan_layout(shape, token_major, **kwargs):
+    """An empty (batch, ..., X, L) tensor, contiguous, or with token_major stored as (batch, ..., L, X)."""
+    if token_major:
+        return torch.empty(*shape[:-2], shape[-1], shape[-2], **kwargs).transpose(-1, -2)
+    return torch.empty(shape, **kwargs)
+
+
 def _device_of(t):
     """Launch on t's GPU (Triton launches on the current device); nothing to do for CPU tensors."""
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def _launch_fwd(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev, z,
-                delta_softplus, reverse, save_states, proj=None, proj_rev=None):
-    """out (batch, dim, L) in u's dtype, last state (batch, dim, N) float32 (one direction only), and the
-    states at chunk starts of each direction, (batch, dim, chunks, N) float32 (empty unless save_states).
-    proj, proj_rev: (Wx, w_dt) of each direction for the kernels' PROJ mode, or None."""
+                delta_softplus, reverse, save_states, cols=0, proj=None, proj_rev=None):
+    """out (batch, dim, L) in u's dtype and layout (`_token_major`), last state (batch, dim, N) float32 (one
+    direction only), and the states at chunk starts of each direction, (batch, dim, chunks, N) float32
+    (empty unless save_states). cols: 0, or H to scan the L = H * W positions, a row-major grid of H rows,
+    column by column. proj, proj_rev: (Wx, w_dt) of each direction for the kernels' PROJ mode, or None."""
     batch, dim, length = u.shape
     n = A.shape[1]
     bidir = u_rev is not None
     block_d, block_n, chunk, warps, e = _config(u, A, B, C, B_rev, C_rev, proj)
     chunks = _n_chunks(length, chunk)
-    out = torch.empty(batch, dim, length, dtype=u.dtype, device=u.device)
+    out = _empty_scan_layout(u.shape, _token_major(u), dtype=u.dtype, device=u.device)
     last = torch.empty(batch, dim, n, dtype=torch.float32, device=u.device)
     states_shape = (batch, dim, chunks, n) if save_states else (0,)
     states = [torch.empty(states_shape, dtype=torch.float32, device=u.device) for _ in range(1 + bidir)]
@@ -140,10 +155,10 @@ def _launch_fwd(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev
         o = out[rows]
         with _device_of(u):
             s6_fwd_kernel[(triton.cdiv(dim, block_d), o.shape[0])](
-                *dir0, *dir1, *gate, o, *o.stride(), last[rows], dim, length, n, chunks,
+                *dir0, *dir1, *gate, o, *o.stride(), last[rows], dim, length, n, chunks, max(cols, 1),
                 HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
-                REVERSE=reverse, BIDIR=bidir, SAVE_STATES=save_states, PROJ=proj is not None, E=e, BLOCK_D=block_d,
-                BLOCK_N=block_n, CHUNK=chunk, num_warps=warps,
+                REVERSE=reverse, BIDIR=bidir, SAVE_STATES=save_states, COLS=cols > 0, PROJ=proj is not None, E=e,
+                BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=warps,
             )
     return out, last, states[0], states[-1] if bidir else torch.empty(0, device=u.device)
 
@@ -155,41 +170,44 @@ def selective_scan_fwd(
     u_rev: torch.Tensor | None, delta_rev: torch.Tensor | None, A_rev: torch.Tensor | None,
     B_rev: torch.Tensor | None, C_rev: torch.Tensor | None, D_rev: torch.Tensor | None,
     delta_bias_rev: torch.Tensor | None, z: torch.Tensor | None,
-    delta_softplus: bool, reverse: bool, save_states: bool,
+    delta_softplus: bool, reverse: bool, save_states: bool, cols: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """`_launch_fwd` as a torch custom op, so `torch.compile` traces through the scan."""
     return _launch_fwd(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev,
-                       z, delta_softplus, reverse, save_states)
+                       z, delta_softplus, reverse, save_states, cols)
 
 
 @selective_scan_fwd.register_fake
 def _(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev, z,
-      delta_softplus, reverse, save_states):
+      delta_softplus, reverse, save_states, cols):
     batch, dim, length = u.shape
     n = A.shape[1]
     _, _, chunk, _ = block_sizes(dim, length, n, _dpgs(dim, B, C, B_rev, C_rev))
     states_shape = (batch, dim, _n_chunks(length, chunk), n) if save_states else (0,)
     states = u.new_empty(states_shape, dtype=torch.float32)
-    return (u.new_empty(u.shape), u.new_empty((batch, dim, n), dtype=torch.float32), states,
+    out = _empty_scan_layout(u.shape, _token_major(u), dtype=u.dtype, device=u.device)
+    return (out, u.new_empty((batch, dim, n), dtype=torch.float32), states,
             states.new_empty(states_shape if u_rev is not None else (0,)))
 
 
 def _grad_buffers(u, delta, A, B, C, D, delta_bias, proj=None):
-    """du, ddelta (contiguous, inputs' dtypes); dB, dC float32 (batch, G, N, L) zeros (added to atomically);
-    dA, dD, dbias float32 per-sequence partials; with `proj` no ddelta, dB, dC (empty) but dWx
-    (batch, dim, 1 + 2N) and dw_dt (batch, dim) float32 per-sequence partials."""
+    """du, ddelta (inputs' dtypes, contiguous in u's layout); dB, dC float32 (batch, G, N, L) zeros (added to
+    atomically; stored (batch, G, L, N) for token-major u); dA, dD, dbias float32 per-sequence partials; with
+    `proj` no ddelta, dB, dC (empty) but dWx (batch, dim, 1 + 2N) and dw_dt (batch, dim) float32
+    per-sequence partials."""
     batch, dim, length = u.shape
     n = A.shape[1]
     f32 = dict(dtype=torch.float32, device=u.device)
-    du = torch.empty(u.shape, dtype=u.dtype, device=u.device)
+    token_major = _token_major(u)
+    du = _empty_scan_layout(u.shape, token_major, dtype=u.dtype, device=u.device)
     per_row = [torch.empty(batch, dim, n, **f32), torch.empty(batch, dim, **f32), torch.empty(batch, dim, **f32)]
     if proj is not None:
         empty = u.new_empty(0)
         return [du, empty, empty, 1, empty, 1, *per_row, torch.empty(batch, dim, 1 + 2 * n, **f32),
                 torch.empty(batch, dim, **f32)]
-    return [du, torch.empty(delta.shape, dtype=delta.dtype, device=u.device),
-            torch.zeros(batch, _groups(B), n, length, **f32), _groups(B),
-            torch.zeros(batch, _groups(C), n, length, **f32), _groups(C), *per_row, du, du]
+    dB, dC = (_empty_scan_layout((batch, _groups(t), n, length), token_major, **f32).zero_() for t in (B, C))
+    return [du, _empty_scan_layout(delta.shape, token_major, dtype=delta.dtype, device=u.device),
+            dB, _groups(B), dC, _groups(C), *per_row, du, du]
 
 
 def _finish_grads(buffers, B, C, A, D, delta_bias):
@@ -203,8 +221,9 @@ def _finish_grads(buffers, B, C, A, D, delta_bias):
 
 
 def _launch_bwd_buffers(dout, states, states_rev, u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev,
-                        C_rev, D_rev, delta_bias_rev, z, delta_softplus, reverse, proj=None, proj_rev=None):
-    """Run the backward kernel; returns the gradient buffers of each direction (`_grad_buffers`) and dz."""
+                        C_rev, D_rev, delta_bias_rev, z, delta_softplus, reverse, cols=0, proj=None, proj_rev=None):
+    """Run the backward kernel; returns the gradient buffers of each direction (`_grad_buffers`) and dz (in
+    u's layout)."""
     batch, dim, length = u.shape
     n = A.shape[1]
     bidir = u_rev is not None
@@ -212,7 +231,8 @@ def _launch_bwd_buffers(dout, states, states_rev, u, delta, A, B, C, D, delta_bi
     programs = triton.cdiv(dim, block_d)
     g0 = _grad_buffers(u, delta, A, B, C, D, delta_bias, proj)
     g1 = _grad_buffers(u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev, proj_rev) if bidir else g0
-    dz = torch.empty(u.shape, dtype=z.dtype, device=u.device) if z is not None else u.new_empty(0)
+    token_major = _token_major(u)
+    dz = _empty_scan_layout(u.shape, token_major, dtype=z.dtype, device=u.device) if z is not None else u.new_empty(0)
     per_row = programs * chunk * block_d * block_n
     tensors = [dout, states, states_rev, u, delta, B, C, u_rev, delta_rev, B_rev, C_rev, z, dz,
                *[b for b in g0 + g1 if not isinstance(b, int)]]
@@ -231,21 +251,21 @@ def _launch_bwd_buffers(dout, states, states_rev, u, delta, A, B, C, D, delta_bi
         with _device_of(u):
             s6_bwd_kernel[(programs, do.shape[0])](
                 *dir0, *dir1, *gate, do, *do.stride(), dz[rows] if z is not None else u, scratch,
-                dim, length, n, _n_chunks(length, chunk),
+                dim, length, n, _n_chunks(length, chunk), max(cols, 1),
                 HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
-                REVERSE=reverse, BIDIR=bidir, PROJ=proj is not None, E=e, BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk,
-                num_warps=warps,
+                REVERSE=reverse, BIDIR=bidir, COLS=cols > 0, TOKEN_MAJOR=token_major, PROJ=proj is not None, E=e,
+                BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=warps,
             )
     return g0, g1, dz
 
 
 def _launch_bwd(dout, states, states_rev, u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev,
-                D_rev, delta_bias_rev, z, delta_softplus, reverse):
+                D_rev, delta_bias_rev, z, delta_softplus, reverse, cols):
     """Gradients of (u, delta, A, B, C, D, delta_bias), then of the reverse direction's seven, then of z;
     an empty tensor stands for an absent input."""
     bidir = u_rev is not None
     g0, g1, dz = _launch_bwd_buffers(dout, states, states_rev, u, delta, A, B, C, D, delta_bias, u_rev, delta_rev,
-                                     A_rev, B_rev, C_rev, D_rev, delta_bias_rev, z, delta_softplus, reverse)
+                                     A_rev, B_rev, C_rev, D_rev, delta_bias_rev, z, delta_softplus, reverse, cols)
     grads = _finish_grads(g0, B, C, A, D, delta_bias)
     if bidir:
         grads += _finish_grads(g1, B_rev, C_rev, A_rev, D_rev, delta_bias_rev)
@@ -262,38 +282,45 @@ def selective_scan_bwd(
     u_rev: torch.Tensor | None, delta_rev: torch.Tensor | None, A_rev: torch.Tensor | None,
     B_rev: torch.Tensor | None, C_rev: torch.Tensor | None, D_rev: torch.Tensor | None,
     delta_bias_rev: torch.Tensor | None, z: torch.Tensor | None,
-    delta_softplus: bool, reverse: bool,
+    delta_softplus: bool, reverse: bool, cols: int,
 ) -> list[torch.Tensor]:
     """`_launch_bwd` as a torch custom op."""
     return _launch_bwd(dout, states, states_rev, u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev,
-                       C_rev, D_rev, delta_bias_rev, z, delta_softplus, reverse)
+                       C_rev, D_rev, delta_bias_rev, z, delta_softplus, reverse, cols)
 
 
 @selective_scan_bwd.register_fake
 def _(dout, states, states_rev, u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev,
-      delta_bias_rev, z, delta_softplus, reverse):
-    def like(t):
-        return u.new_empty(0) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
+      delta_bias_rev, z, delta_softplus, reverse, cols):
+    token_major = _token_major(u)
 
-    return [like(t) for t in (u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev,
-                              delta_bias_rev, z)]
+    def like(t, scan_layout):  # the scan's (..., X, L) tensors take u's layout, the rest are contiguous
+        if t is None:
+            return u.new_empty(0)
+        if scan_layout:
+            return _empty_scan_layout(t.shape, token_major, dtype=t.dtype, device=t.device)
+        return torch.empty_like(t, memory_format=torch.contiguous_format)
+
+    directions = ((u, delta, A, B, C, D, delta_bias), (u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev))
+    scan_layout = (True, True, False, True, True, False, False)
+    return [like(t, scan) for direction in directions for t, scan in zip(direction, scan_layout)] + [like(z, True)]
 
 
 def _setup_context(ctx, inputs, output):
-    *tensors, delta_softplus, reverse, _ = inputs
+    *tensors, delta_softplus, reverse, _, cols = inputs
     ctx.save_for_backward(*tensors, output[2], output[3])
     ctx.present = [t is not None for t in tensors]
-    ctx.delta_softplus, ctx.reverse = delta_softplus, reverse
+    ctx.delta_softplus, ctx.reverse, ctx.cols = delta_softplus, reverse, cols
 
 
 def _gradients(ctx, dout, backward_op):
-    """The inputs' gradients (None for absent inputs and the three flags) through `backward_op`."""
+    """The inputs' gradients (None for absent inputs and the four flags) through `backward_op`."""
     *tensors, states, states_rev = ctx.saved_tensors
     if states.numel() == 0:
         raise RuntimeError("selective_scan: the forward ran without saving states for backward "
                            "(its inputs did not require grad when it ran)")
-    grads = backward_op(dout, states, states_rev, *tensors, ctx.delta_softplus, ctx.reverse)
-    return (*[g if present else None for g, present in zip(grads, ctx.present)], None, None, None)
+    grads = backward_op(dout, states, states_rev, *tensors, ctx.delta_softplus, ctx.reverse, ctx.cols)
+    return (*[g if present else None for g, present in zip(grads, ctx.present)], None, None, None, None)
 
 
 def _backward(ctx, dout, _dlast, _dstates, _dstates_rev):
@@ -340,15 +367,16 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     inputs = (u, delta, A, B, C, D, z, delta_bias)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     out, last, _, _ = _scan(u, delta, A, B, C, D, delta_bias, None, None, None, None, None, None, None, z,
-                            delta_softplus, reverse, save)
+                            delta_softplus, reverse, save, 0)
     return (out, last.detach()) if return_last_state else out
 
 
-def selective_scan_bidirectional_triton(forward, backward, z=None, delta_softplus=False):
-    """The fused pair of directions: `forward` and `backward` are (u, delta, A, B, C, D, delta_bias)."""
+def selective_scan_bidirectional_triton(forward, backward, z=None, delta_softplus=False, cols=0):
+    """The fused pair of directions: `forward` and `backward` are (u, delta, A, B, C, D, delta_bias); cols as
+    in `_launch_fwd`."""
     inputs = (*forward, *backward, z)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
-    return _scan(*forward, *backward, z, delta_softplus, False, save)[0]
+    return _scan(*forward, *backward, z, delta_softplus, False, save, cols)[0]
 
 
 def _per_weight(t: torch.Tensor, e: int) -> torch.Tensor:
@@ -362,7 +390,7 @@ def _projected_fwd(z, u, A, Wx, wdt, D, bias, u_r, A_r, Wx_r, wdt_r, D_r, bias_r
     w_dt (e,), D (e,), bias (e,)."""
     proj, proj_rev = ((w.float().contiguous(), v.float().contiguous()) for w, v in ((Wx, wdt), (Wx_r, wdt_r)))
     out, _, states, states_rev = _launch_fwd(u, None, A, None, None, D, bias, u_r, None, A_r, None, None, D_r, bias_r,
-                                             z, True, False, save_states, proj, proj_rev)
+                                             z, True, False, save_states, proj=proj, proj_rev=proj_rev)
     return out, states, states_rev
 
 
@@ -371,7 +399,7 @@ def _projected_bwd(dout, states, states_rev, z, *inputs):
     (u, A, Wx, wdt, D, bias), rev = inputs[:6], inputs[6:]
     proj, proj_rev = ((w.float().contiguous(), v.float().contiguous()) for w, v in ((Wx, wdt), rev[2:4]))
     g0, g1, dz = _launch_bwd_buffers(dout, states, states_rev, u, None, A, None, None, D, bias, rev[0], None, rev[1],
-                                     None, None, rev[4], rev[5], z, True, False, proj, proj_rev)
+                                     None, None, rev[4], rev[5], z, True, False, proj=proj, proj_rev=proj_rev)
     e = Wx.shape[1]
     grads = [dz]
     for (du, _, _, _, _, _, dA, dD, dbias, dWx, dwdt), (_, A_, Wx_, wdt_, D_, bias_) in ((g0, inputs[:6]), (g1, rev)):
