@@ -12,7 +12,7 @@ import sys
 import torch
 
 from mambamixer.kernels import mamba_chunk_scan_combined, mamba_chunk_scan_ref, selective_scan_fn, selective_scan_ref
-from mambamixer.mixer import MambaMixer, SelectiveSSM
+from mambamixer.mixer import ChannelWiseSelectiveMixer, CrossScanSSM, MambaMixer, SelectiveSSM
 from mambamixer.tasks.forecasting.tsm2 import TSM2
 
 failures = []
@@ -92,6 +92,19 @@ def main() -> None:
         yc.sum().backward()
         err = rel(yc, layer(short).detach())
         check(f"SelectiveSSM {kw} torch.compile", err < 1e-4, f"rel err {err:.1e}")
+
+    for cls in (CrossScanSSM, ChannelWiseSelectiveMixer):  # ViM2's mixers on a 6 x 10 grid
+        layers = {b: cls(32, backend=b).to(dev) for b in ("triton", "torch")}
+        layers["torch"].load_state_dict(layers["triton"].state_dict())
+        x = torch.randn(4, 6, 10, 32, device=dev)
+        ys = {b: layer(x) for b, layer in layers.items()}
+        for y in ys.values():
+            y.square().mean().backward()
+        pairs = zip(layers["triton"].parameters(), layers["torch"].parameters())
+        err = max([rel(ys["triton"], ys["torch"])] + [rel(p.grad, q.grad) for p, q in pairs])
+        check(f"{cls.__name__} triton == torch (out and grads)", err < 1e-4, f"max rel err {err:.1e}")
+        err = rel(torch.compile(layers["triton"])(x), ys["triton"].detach())
+        check(f"{cls.__name__} torch.compile", err < 1e-4, f"rel err {err:.1e}")
 
     model = MambaMixer(64, 49, depth=3, token_mixer=dict(ssm="ssd", headdim=32), drop_path=0.1).to(dev)
     with torch.autocast("cuda", dtype=torch.bfloat16):

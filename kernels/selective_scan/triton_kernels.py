@@ -5,8 +5,12 @@ it walks the L steps one at a time: each step loads u, delta, z of its channels 
 updates h = exp(delta A) h + delta u B, and writes <h, C> + D u gated by silu(z). Measured on an H100
 this beats a tiled log-depth scan (`tl.associative_scan`) at the lengths our models run (L up to a few
 hundred): Triton spreads a tile's time axis over lanes, so the scan costs shuffles on every element,
-while the step loop costs one exp2 and two FMAs per state and step. Long sequences are bound by the
-per-step loads of strided columns (see BENCHMARKS.md).
+while the step loop costs one exp2 and two FMAs per state and step. Every loop issues the next step's
+loads before the current step's arithmetic, so their latency overlaps it. Inputs may have any strides; a
+(batch, L, dim) tensor seen as (batch, dim, L) ("token-major", as a layer's projections produce it) gives
+each step one contiguous run of channels, and the launcher then writes the outputs and gradients in that
+layout too. COLS walks a row-major grid of H x W positions column by column (ViM2's vertical scan orders)
+without a transposed copy. See BENCHMARKS.md for what bounds the loops.
 
 The forward saves the state every CHUNK steps; the backward walks the chunks last to first, recomputes a
 chunk's states from its saved start into a per-program float32 scratch (the (batch, dim, N, L) tensor is
@@ -98,16 +102,6 @@ def _load_projection(Wx_ptr, wdt_ptr, N, offs_n, mask_n, PROJ: tl.constexpr, E: 
 
 
 @triton.jit
-def _load_C(C_ptr, sC_t, t, u, WC, mask_n, valid, PROJ: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr):
-    """C_t, float32: read as (1, BLOCK_N), or with PROJ W_C u_t of each channel's group, (BLOCK_D, BLOCK_N)."""
-    if PROJ:
-        Ct = _group_sum(u[:, None] * WC, E, BLOCK_D)
-    else:
-        Ct = tl.load(C_ptr + t * sC_t, mask=mask_n & valid, other=0.0).to(tl.float32)[None, :]
-    return Ct
-
-
-@triton.jit
 def _position(t, L, H, COLS: tl.constexpr):
     """Where step t of the scan order lies in memory: t, or with COLS the t-th token of a row-major grid of H
     rows walked column by column (down each column, left to right)."""
@@ -119,20 +113,59 @@ def _position(t, L, H, COLS: tl.constexpr):
 
 
 @triton.jit
-def _step_inputs(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, bias, Wr, wdt, WB, t, mask_d, mask_n, valid,
-                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, PROJ: tl.constexpr, E: tl.constexpr,
-                 BLOCK_D: tl.constexpr):
-    """u_t, delta before softplus, dt (0 on an invalid step: a pass-through), B_t as in `_load_C` and
-    r = <W_r, u_t> of each channel's group (0 unless PROJ); float32."""
+def _step_position(i, L, H, REVERSE: tl.constexpr, COLS: tl.constexpr):
+    """Memory position of the i-th step in scan order."""
+    if REVERSE:
+        t = L - 1 - i
+    else:
+        t = i
+    return _position(t, L, H, COLS)
+
+
+@triton.jit
+def _load_step(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, t, mask_d, mask_n, valid, PROJ: tl.constexpr,
+               BLOCK_N: tl.constexpr):
+    """The loads of step t, float32, zero where masked: u_t, and (unless PROJ, which projects them from u)
+    delta_t before the bias and B_t as (1, BLOCK_N). The loops issue them a step ahead of their use."""
     u = tl.load(u_ptr + t * su_t, mask=mask_d & valid, other=0.0).to(tl.float32)
+    if PROJ:
+        dl = u
+        Bt = tl.zeros((1, BLOCK_N), dtype=tl.float32)
+    else:
+        dl = tl.load(dl_ptr + t * sdl_t, mask=mask_d & valid, other=0.0).to(tl.float32)
+        Bt = tl.load(B_ptr + t * sB_t, mask=mask_n & valid, other=0.0).to(tl.float32)[None, :]
+    return u, dl, Bt
+
+
+@triton.jit
+def _load_C(C_ptr, sC_t, t, mask_n, valid, PROJ: tl.constexpr, BLOCK_N: tl.constexpr):
+    """C_t as (1, BLOCK_N) float32 (zeros with PROJ)."""
+    if PROJ:
+        Ct = tl.zeros((1, BLOCK_N), dtype=tl.float32)
+    else:
+        Ct = tl.load(C_ptr + t * sC_t, mask=mask_n & valid, other=0.0).to(tl.float32)[None, :]
+    return Ct
+
+
+@triton.jit
+def _C_values(u, Ct, WC, PROJ: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr):
+    """C_t: as loaded, or with PROJ W_C u_t of each channel's group, (BLOCK_D, BLOCK_N)."""
+    if PROJ:
+        Ct = _group_sum(u[:, None] * WC, E, BLOCK_D)
+    return Ct
+
+
+@triton.jit
+def _step_values(u, dl, Bt, bias, Wr, wdt, WB, mask_d, valid, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                 PROJ: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr):
+    """From `_load_step`'s values: delta before softplus, dt (0 on an invalid step: a pass-through), B_t (with
+    PROJ W_B u_t of each channel's group) and r = <W_r, u_t> of each channel's group (0 unless PROJ)."""
     if PROJ:
         r = _group_sum_1d(u * Wr, E, BLOCK_D)
         dl = wdt * r
         Bt = _group_sum(u[:, None] * WB, E, BLOCK_D)
     else:
         r = 0.0
-        dl = tl.load(dl_ptr + t * sdl_t, mask=mask_d & valid, other=0.0).to(tl.float32)
-        Bt = tl.load(B_ptr + t * sB_t, mask=mask_n & valid, other=0.0).to(tl.float32)[None, :]
     if HAS_BIAS:
         dl += bias
     if SOFTPLUS:
@@ -140,7 +173,7 @@ def _step_inputs(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, bias, Wr, wdt, WB, t, 
     else:
         dt = dl
     dt = tl.where(mask_d & valid, dt, 0.0)
-    return u, dl, dt, Bt, r
+    return dl, dt, Bt, r
 
 
 @triton.jit
@@ -182,25 +215,37 @@ def _scan_fwd_direction(
     out_ptr += pid_b * so_b + offs_d * so_d
     state_offs = (pid_b * dim + offs_d[:, None]) * n_chunks * N + offs_n[None, :]
     h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    t_n = _step_position(0, L, H, REVERSE, COLS)
+    u_n, dl_n, B_n = _load_step(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, t_n, mask_d, mask_n, True, PROJ, BLOCK_N)
+    C_n = _load_C(C_ptr, sC_t, t_n, mask_n, True, PROJ, BLOCK_N)
+    z_n = u_n
+    o_n = u_n
+    if GATE:
+        z_n = tl.load(z_ptr + t_n * sz_t, mask=mask_d, other=0.0).to(tl.float32)
+    if ACCUMULATE:
+        o_n = tl.load(out_ptr + t_n * so_t, mask=mask_d, other=0.0).to(tl.float32)
     for i in range(L):
-        if REVERSE:
-            t = L - 1 - i
-        else:
-            t = i
-        t = _position(t, L, H, COLS)
+        t, u, dl, Bt, Ct, zt, acc = t_n, u_n, dl_n, B_n, C_n, z_n, o_n
+        # The next step's loads go out before this step's arithmetic, which then hides their latency.
+        more = i + 1 < L
+        t_n = _step_position(i + 1, L, H, REVERSE, COLS)
+        u_n, dl_n, B_n = _load_step(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, t_n, mask_d, mask_n, more, PROJ, BLOCK_N)
+        C_n = _load_C(C_ptr, sC_t, t_n, mask_n, more, PROJ, BLOCK_N)
+        if GATE:
+            z_n = tl.load(z_ptr + t_n * sz_t, mask=mask_d & more, other=0.0).to(tl.float32)
+        if ACCUMULATE:
+            o_n = tl.load(out_ptr + t_n * so_t, mask=mask_d & more, other=0.0).to(tl.float32)
         if SAVE_STATES:
             tl.store(states_ptr + state_offs + (i // CHUNK) * N, h, mask=mask_dn & (i % CHUNK == 0))
-        u, dl, dt, Bt, r = _step_inputs(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, bias, Wr, wdt, WB, t, mask_d,
-                                        mask_n, True, HAS_BIAS, SOFTPLUS, PROJ, E, BLOCK_D)
-        Ct = _load_C(C_ptr, sC_t, t, u, WC, mask_n, True, PROJ, E, BLOCK_D)
+        dl, dt, Bt, r = _step_values(u, dl, Bt, bias, Wr, wdt, WB, mask_d, True, HAS_BIAS, SOFTPLUS, PROJ, E, BLOCK_D)
+        Ct = _C_values(u, Ct, WC, PROJ, E, BLOCK_D)
         h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt
         y = tl.sum(h * Ct, axis=1)
         if HAS_D:
             y += Dv * u
         if ACCUMULATE:
-            y += tl.load(out_ptr + t * so_t, mask=mask_d, other=0.0).to(tl.float32)
+            y += acc
         if GATE:
-            zt = tl.load(z_ptr + t * sz_t, mask=mask_d, other=0.0).to(tl.float32)
             y = y * zt * tl.sigmoid(zt)
         tl.store(out_ptr + t * so_t, y.to(out_ptr.dtype.element_ty), mask=mask_d)
     if STORE_LAST:
@@ -268,43 +313,64 @@ def _scan_bwd_direction(
     dWC_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     for j in range(n_chunks):
         c = n_chunks - 1 - j
-        # Recompute the chunk's states from the one saved at its start.
+        # Recompute the chunk's states from the one saved at its start (loads issued a step ahead).
         h = tl.load(states_ptr + state_offs + c * N, mask=mask_dn, other=0.0)
+        t_n = _step_position(c * CHUNK, L, H, REVERSE, COLS)
+        u_n, dl_n, B_n = _load_step(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, t_n, mask_d, mask_n, c * CHUNK < L, PROJ,
+                                    BLOCK_N)
         for k in range(CHUNK):
             i = c * CHUNK + k
-            if REVERSE:
-                t = L - 1 - i
-            else:
-                t = i
-            t = _position(t, L, H, COLS)
-            u, dl, dt, Bt, r = _step_inputs(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, bias, Wr, wdt, WB, t, mask_d,
-                                            mask_n, i < L, HAS_BIAS, SOFTPLUS, PROJ, E, BLOCK_D)
+            u, dl, Bt = u_n, dl_n, B_n
+            t_n = _step_position(i + 1, L, H, REVERSE, COLS)
+            u_n, dl_n, B_n = _load_step(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, t_n, mask_d, mask_n,
+                                        (k + 1 < CHUNK) & (i + 1 < L), PROJ, BLOCK_N)
+            dl, dt, Bt, r = _step_values(u, dl, Bt, bias, Wr, wdt, WB, mask_d, i < L, HAS_BIAS, SOFTPLUS, PROJ, E,
+                                         BLOCK_D)
             h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt
             tl.store(scratch_ptr + k * BLOCK_D * BLOCK_N, h)
         tl.debug_barrier()
+        # Back through the chunk, last step first, again loading a step ahead.
+        i_n = c * CHUNK + CHUNK - 1
+        t_n = _step_position(i_n, L, H, REVERSE, COLS)
+        u_n, dl_n, B_n = _load_step(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, t_n, mask_d, mask_n, i_n < L, PROJ,
+                                    BLOCK_N)
+        C_n = _load_C(C_ptr, sC_t, t_n, mask_n, i_n < L, PROJ, BLOCK_N)
+        do_n = tl.load(dout_ptr + t_n * sdo_t, mask=mask_d & (i_n < L), other=0.0).to(tl.float32)
+        h_n = tl.load(scratch_ptr + (CHUNK - 1) * BLOCK_D * BLOCK_N)
+        z_n = u_n
+        dz_n = u_n
+        if GATE:
+            z_n = tl.load(z_ptr + t_n * sz_t, mask=mask_d & (i_n < L), other=0.0).to(tl.float32)
+            if ACCUMULATE:
+                dz_n = tl.load(dz_ptr + grad_offs + t_n * grad_t, mask=mask_d & (i_n < L), other=0.0).to(tl.float32)
         for kk in range(CHUNK):
             k = CHUNK - 1 - kk
             i = c * CHUNK + k
             valid = i < L
-            if REVERSE:
-                t = L - 1 - i
-            else:
-                t = i
-            t = _position(t, L, H, COLS)
-            u, dl, dt, Bt, r = _step_inputs(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, bias, Wr, wdt, WB, t, mask_d,
-                                            mask_n, valid, HAS_BIAS, SOFTPLUS, PROJ, E, BLOCK_D)
-            Ct = _load_C(C_ptr, sC_t, t, u, WC, mask_n, valid, PROJ, E, BLOCK_D)
-            dout = tl.load(dout_ptr + t * sdo_t, mask=mask_d & valid, other=0.0).to(tl.float32)
-            h = tl.load(scratch_ptr + k * BLOCK_D * BLOCK_N)
+            t, u, dl, Bt, Ct, dout, h, zt, dz_prev = t_n, u_n, dl_n, B_n, C_n, do_n, h_n, z_n, dz_n
+            i_n = i - 1
+            more = (kk + 1 < CHUNK) & (i_n < L)
+            t_n = _step_position(i_n, L, H, REVERSE, COLS)
+            u_n, dl_n, B_n = _load_step(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, t_n, mask_d, mask_n, more, PROJ,
+                                        BLOCK_N)
+            C_n = _load_C(C_ptr, sC_t, t_n, mask_n, more, PROJ, BLOCK_N)
+            do_n = tl.load(dout_ptr + t_n * sdo_t, mask=mask_d & more, other=0.0).to(tl.float32)
+            h_n = tl.load(scratch_ptr + (k - 1) * BLOCK_D * BLOCK_N, mask=mask_dn & more, other=0.0)
             if GATE:
-                zt = tl.load(z_ptr + t * sz_t, mask=mask_d & valid, other=0.0).to(tl.float32)
+                z_n = tl.load(z_ptr + t_n * sz_t, mask=mask_d & more, other=0.0).to(tl.float32)
+                if ACCUMULATE:
+                    dz_n = tl.load(dz_ptr + grad_offs + t_n * grad_t, mask=mask_d & more, other=0.0).to(tl.float32)
+            dl, dt, Bt, r = _step_values(u, dl, Bt, bias, Wr, wdt, WB, mask_d, valid, HAS_BIAS, SOFTPLUS, PROJ, E,
+                                         BLOCK_D)
+            Ct = _C_values(u, Ct, WC, PROJ, E, BLOCK_D)
+            if GATE:
                 sig = tl.sigmoid(zt)
                 y = tl.sum(h * Ct, axis=1)
                 if HAS_D:
                     y += Dv * u
                 dz = dout * y * sig * (1.0 + zt * (1.0 - sig))
                 if ACCUMULATE:
-                    dz += tl.load(dz_ptr + grad_offs + t * grad_t, mask=mask_d & valid, other=0.0).to(tl.float32)
+                    dz += dz_prev
                 tl.store(dz_ptr + grad_offs + t * grad_t, dz.to(dz_ptr.dtype.element_ty), mask=mask_d & valid)
                 dy = dout * zt * sig
             else:
