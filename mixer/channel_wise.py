@@ -55,9 +55,9 @@ class ChannelWiseSelectiveMixer(nn.Module):
         batch, e = x.shape[0], self.expand
         h = x.reshape(batch, -1, self.dim)  # (batch, tokens, dim)
         tokens = h.shape[1]
-        xz = h[..., None] * self.in_weight + self.in_bias  # (batch, tokens, dim, 2e)
-        # (batch * tokens, e, dim): every token a sequence over its channels
-        u, z = xz.permute(0, 1, 3, 2).reshape(batch * tokens, 2 * e, self.dim).chunk(2, dim=1)
+        # (batch * tokens, e, dim) each: every token a sequence over its channels, made in that layout
+        xz = torch.addcmul(self.in_bias.T, h[:, :, None, :], self.in_weight.T)  # (batch, tokens, 2e, dim)
+        u, z = xz.reshape(batch * tokens, 2 * e, self.dim).chunk(2, dim=1)
         if self.ssm == "s6":
             # Tokens folded into channels; delta, B and C projected per token from its e features.
             pair = [(d.activate(u).reshape(batch, tokens * e, self.dim), -torch.exp(d.A_log.float()), d.x_proj.weight,
