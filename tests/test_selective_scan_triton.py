@@ -229,3 +229,20 @@ def test_column_order_scans_the_grid_down_its_columns(small_blocks, height, widt
     g_tri, g_ref = grads(out.double(), tri), grads(ref, leaves)
     for name in g_tri:
         assert rel_err(g_tri[name], g_ref[name]) < 1e-5, name
+
+
+@pytest.mark.parametrize("layout", ["channels", "tokens"])
+@pytest.mark.parametrize("cols", [0, 3])
+def test_scan_custom_ops_pass_opcheck(layout, cols):
+    """Schema, fake tensors (shapes and the layout-following strides) and autograd registration of
+    mambamixer::selective_scan_fwd / _bwd, fused pair, in row and column order."""
+    pair = [as_float(s6_inputs(length=12, seed=seed)) for seed in (17, 18)]
+    if layout == "tokens":
+        pair = [{k: token_major(v) if k in SCAN_LAYOUT else v for k, v in d.items()} for d in pair]
+    pair = [with_grad(d) for d in pair]
+    tensors = (*[d[k] for d in pair for k in NAMES], pair[0]["z"])
+    torch.library.opcheck(triton_op.selective_scan_fwd, (*tensors, True, False, True, cols))
+    out, _, states, states_rev = triton_op.selective_scan_fwd(*tensors, True, False, True, cols)
+    dout = torch.randn_like(out)  # no double backward: the backward op's inputs do not require grad
+    torch.library.opcheck(triton_op.selective_scan_bwd,
+                          (*[t.detach() for t in (dout, states, states_rev, *tensors)], True, False, cols))

@@ -134,7 +134,7 @@ def _device_of(t):
 def _launch_fwd(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev, z,
                 delta_softplus, reverse, save_states, cols=0, proj=None, proj_rev=None):
     """out (batch, dim, L) in u's dtype and layout (`_token_major`), last state (batch, dim, N) float32 (one
-    direction only), and the states at chunk starts of each direction, (batch, dim, chunks, N) float32
+    direction only; empty for a pair), and the states at chunk starts of each direction, (batch, dim, chunks, N) float32
     (empty unless save_states). cols: 0, or H to scan the L = H * W positions, a row-major grid of H rows,
     column by column. proj, proj_rev: (Wx, w_dt) of each direction for the kernels' PROJ mode, or None."""
     batch, dim, length = u.shape
@@ -143,7 +143,7 @@ def _launch_fwd(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev
     block_d, block_n, chunk, warps, e = _config(u, A, B, C, B_rev, C_rev, proj)
     chunks = _n_chunks(length, chunk)
     out = _empty_scan_layout(u.shape, _token_major(u), dtype=u.dtype, device=u.device)
-    last = torch.empty(batch, dim, n, dtype=torch.float32, device=u.device)
+    last = torch.empty((0,) if bidir else (batch, dim, n), dtype=torch.float32, device=u.device)
     states_shape = (batch, dim, chunks, n) if save_states else (0,)
     states = [torch.empty(states_shape, dtype=torch.float32, device=u.device) for _ in range(1 + bidir)]
     tensors = [u, delta, B, C, u_rev, delta_rev, B_rev, C_rev, z, out, *states]
@@ -155,7 +155,7 @@ def _launch_fwd(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev
         o = out[rows]
         with _device_of(u):
             s6_fwd_kernel[(triton.cdiv(dim, block_d), o.shape[0])](
-                *dir0, *dir1, *gate, o, *o.stride(), last[rows], dim, length, n, chunks, max(cols, 1),
+                *dir0, *dir1, *gate, o, *o.stride(), o if bidir else last[rows], dim, length, n, chunks, max(cols, 1),
                 HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
                 REVERSE=reverse, BIDIR=bidir, SAVE_STATES=save_states, COLS=cols > 0, PROJ=proj is not None, E=e,
                 BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=warps,
@@ -186,7 +186,8 @@ def _(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D
     states_shape = (batch, dim, _n_chunks(length, chunk), n) if save_states else (0,)
     states = u.new_empty(states_shape, dtype=torch.float32)
     out = _empty_scan_layout(u.shape, _token_major(u), dtype=u.dtype, device=u.device)
-    return (out, u.new_empty((batch, dim, n), dtype=torch.float32), states,
+    last = u.new_empty((0,) if u_rev is not None else (batch, dim, n), dtype=torch.float32)
+    return (out, last, states,
             states.new_empty(states_shape if u_rev is not None else (0,)))
 
 
