@@ -147,9 +147,10 @@ def test_bfloat16_autocast():
     x = torch.randn(2, 9, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = model(x)
-    assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+    # The residual stream (input plus the weighted averages) keeps the input's dtype; the mixers run in bf16.
+    assert y.dtype == torch.float32 and torch.isfinite(y).all()
     ref = model(x)
-    assert ((y.float() - ref).norm() / ref.norm()) < 5e-2
+    assert 0 < ((y - ref).norm() / ref.norm()) < 5e-2
     y.float().sum().backward()
 
 
