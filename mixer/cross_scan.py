@@ -54,12 +54,8 @@ class CrossScanSSM(nn.Module):
     def _s6_orders(self, u: torch.Tensor, z: torch.Tensor, height: int) -> torch.Tensor:
         """u, z: (batch, L, d_inner), the tokens row-major -> the four scans' gated sum, (batch, L, d_inner)."""
         params = F.linear(u, torch.cat([direction.x_proj.weight for direction in self.directions]))
-        per_direction = []
-        for direction, p in zip(self.directions, params.chunk(4, dim=-1)):  # each (batch, L, dt_rank + 2N)
-            dt, B, C = p.split([direction.dt_rank, direction.d_state, direction.d_state], dim=-1)
-            delta = F.linear(dt, direction.dt_proj.weight)
-            per_direction.append((u.mT, delta.mT, -torch.exp(direction.A_log.float()), B.mT, C.mT,
-                                  direction.D.float(), direction.dt_proj.bias.float()))
+        per_direction = [direction.s6_scan_args(u.mT, p)  # p: (batch, L, dt_rank + 2N)
+                         for direction, p in zip(self.directions, params.chunk(4, dim=-1))]
         backend = self.directions[0].backend
         rows = selective_scan_bidirectional_fn(*zip(*per_direction[:2]), z=z.mT, delta_softplus=True, backend=backend)
         cols = selective_scan_bidirectional_fn(*zip(*per_direction[2:]), z=z.mT, delta_softplus=True,

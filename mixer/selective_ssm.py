@@ -96,7 +96,12 @@ class _ScanDirection(nn.Module):
     def s6_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """x (batch, d_inner, L) -> the S6 scan's (u, delta, A, B, C, D, delta_bias), softplus to be applied."""
         u = self.activate(x)
-        dt, B, C = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        return self.s6_scan_args(u, self.x_proj(u.transpose(1, 2)))
+
+    def s6_scan_args(self, u: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """u (batch, d_inner, L) and its x-projection params (batch, L, dt_rank + 2N) -> the S6 scan's
+        (u, delta, A, B, C, D, delta_bias), softplus to be applied."""
+        dt, B, C = params.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)
         return (u, delta, -torch.exp(self.A_log.float()), B.transpose(1, 2), C.transpose(1, 2), self.D.float(),
                 self.dt_proj.bias.float())
