@@ -3,9 +3,11 @@
 Each op has a sequential reference (`*_ref`, the test oracle), a fast PyTorch path, a one-step update
 for streaming, and a checked entry point with a `backend` switch; the S6 scan also has Triton kernels
 (`backend="triton"`, picked by "auto" for CUDA tensors), a fused two-direction op and its variant with
-delta/B/C projected from u inside the kernels (ViM2's channel mixer).
+delta/B/C (and the conv before the scan) computed from u inside the kernels (ViM2's channel mixer). The
+PyTorch path of the depthwise conv before a scan is `depthwise_conv1d_silu`.
 """
 
+from .conv import depthwise_conv1d_silu
 from .selective_scan import (
     selective_scan_bidirectional_fn,
     selective_scan_fn,
@@ -16,6 +18,7 @@ from .selective_scan import (
 from .ssd import mamba_chunk_scan_combined, mamba_chunk_scan_ref, ssd_state_update
 
 __all__ = [
+    "depthwise_conv1d_silu",
     "selective_scan_fn",
     "selective_scan_bidirectional_fn",
     "selective_scan_projected_bidirectional_fn",

@@ -24,8 +24,9 @@ class ChannelWiseSelectiveMixer(nn.Module):
 
     The tokens of a batch row are scanned together as `tokens * expand` channels whose B and C are grouped
     per token, so one kernel launch covers them (no batch of millions of one-token rows); with the Triton
-    backend the scan's delta, B and C are projected inside the kernels
-    (`selective_scan_projected_bidirectional_fn`) instead of being stored per channel step.
+    backend each direction's conv and SiLU and the scan's delta, B and C are computed inside the kernels
+    (`selective_scan_projected_bidirectional_fn`) instead of being stored per channel step. Under autocast
+    the channel-wise linear maps run in the autocast dtype, as nn.Linear would.
     """
 
     def __init__(self, dim: int, expand: int = 2, d_state: int = 16, d_conv: int = 4, ssm: str = "s6",
@@ -55,17 +56,24 @@ class ChannelWiseSelectiveMixer(nn.Module):
         batch, e = x.shape[0], self.expand
         h = x.reshape(batch, -1, self.dim)  # (batch, tokens, dim)
         tokens = h.shape[1]
-        # (batch * tokens, e, dim) each: every token a sequence over its channels, made in that layout
-        xz = torch.addcmul(self.in_bias.T, h[:, :, None, :], self.in_weight.T)  # (batch, tokens, 2e, dim)
-        u, z = xz.reshape(batch * tokens, 2 * e, self.dim).chunk(2, dim=1)
+        # The per-channel maps as (2, 1, e, dim): scan input and gate, each channel's e weights.
+        weight, bias = (p.T.unflatten(0, (2, e))[:, None] for p in (self.in_weight, self.in_bias))
+        if torch.is_autocast_enabled(x.device.type):
+            dtype = torch.get_autocast_dtype(x.device.type)
+            h, weight, bias = h.to(dtype), weight.to(dtype), bias.to(dtype)
+        # (batch, tokens, e, dim) each, views: every token a sequence over its channels, made in that layout
+        u, z = torch.addcmul(bias, h[:, None, :, None, :], weight).unbind(1)
         if self.ssm == "s6":
-            # Tokens folded into channels; delta, B and C projected per token from its e features.
-            pair = [(d.activate(u).reshape(batch, tokens * e, self.dim), -torch.exp(d.A_log.float()), d.x_proj.weight,
-                     d.dt_proj.weight[:, 0], d.dt_proj.bias.float(), d.D.float()) for d in self.directions]
-            y = selective_scan_projected_bidirectional_fn(*zip(*pair), z=z.reshape(batch, tokens * e, self.dim),
-                                                          backend=self.directions[0].backend)
+            # Tokens folded into channels; the conv and delta, B and C computed per token from its e features.
+            pair = [(u.flatten(1, 2), -torch.exp(d.A_log.float()), d.x_proj.weight, d.dt_proj.weight[:, 0],
+                     d.dt_proj.bias.float(), d.D.float(), *((None, None) if d.conv1d is None else
+                                                            (d.conv1d.weight[:, 0], d.conv1d.bias)))
+                    for d in self.directions]
+            *scan, conv_weight, conv_bias = zip(*pair)
+            y = selective_scan_projected_bidirectional_fn(*scan, z=z.flatten(1, 2), conv_weight=conv_weight,
+                                                          conv_bias=conv_bias, backend=self.directions[0].backend)
         else:
-            y = sum(direction(u, z) for direction in self.directions)
+            y = sum(direction(u.flatten(0, 1), z.flatten(0, 1)) for direction in self.directions)
         y = y.reshape(batch, tokens, e, self.dim)
         out = (y * self.out_weight.T.to(y.dtype)).sum(2) + self.out_bias.to(y.dtype)
         return out.reshape(x.shape)

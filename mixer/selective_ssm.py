@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..kernels import (
+    depthwise_conv1d_silu,
     mamba_chunk_scan_combined,
     selective_scan_bidirectional_fn,
     selective_scan_fn,
@@ -76,22 +77,13 @@ class _ScanDirection(nn.Module):
             p._no_weight_decay = True  # as in Mamba: the SSM's own parameters are not decayed
 
     def activate(self, x: torch.Tensor) -> torch.Tensor:
-        """SiLU(conv1d(x)) along L, or x itself without a conv.
-
-        The depthwise conv is computed as d_conv shifted multiply-adds: on CUDA, PyTorch's depthwise conv
-        kernel took ~8 ms per weight gradient for ViM2's channel mixer (hundreds of thousands of rows of two
-        channels), a quarter of a training step; the shifted form is memory-bound and as fast on CPU. Under
-        autocast it runs in the autocast dtype, as conv1d would.
-        """
+        """SiLU(conv1d(x)) along L, or x itself without a conv; under autocast in the autocast dtype, as
+        conv1d would run (`depthwise_conv1d_silu`: shifted multiply-adds, not PyTorch's depthwise conv)."""
         if self.conv1d is None:
             return x
         if torch.is_autocast_enabled(x.device.type):
             x = x.to(torch.get_autocast_dtype(x.device.type))
-        padded, weight, length = F.pad(x, self.padding), self.conv1d.weight[:, 0].to(x.dtype), x.shape[-1]
-        y = weight[:, 0, None] * padded[..., :length]
-        for k in range(1, self.d_conv):
-            y = y + weight[:, k, None] * padded[..., k:k + length]
-        return F.silu(y if self.conv1d.bias is None else y + self.conv1d.bias.to(x.dtype)[:, None])
+        return depthwise_conv1d_silu(x, self.conv1d.weight[:, 0], self.conv1d.bias, self.padding)
 
     def s6_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """x (batch, d_inner, L) -> the S6 scan's (u, delta, A, B, C, D, delta_bias), softplus to be applied."""

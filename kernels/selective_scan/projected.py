@@ -4,10 +4,11 @@ projected from u itself, in groups of e channels (ViM2's channel-wise selective 
 For each group of e consecutive channels of u (one token's features) and each step t, with v_t = its e
 values and x_weight = (W_r; W_B; W_C) of shape (1 + 2N, e) (Mamba's x_proj with dt_rank 1):
     delta = softplus(dt_weight * <W_r, v_t> + dt_bias),   B_t = W_B v_t,   C_t = W_C v_t   (shared by the group)
-then `selective_scan_bidirectional_fn` with delta_softplus. The Triton backend computes delta, B and C in
-the kernels (forward and backward) so no (batch, groups, N, L) tensor is formed (for e a power of two;
-otherwise it forms them and runs the generic fused kernel); the PyTorch path forms them and runs the two
-scans.
+then `selective_scan_bidirectional_fn` with delta_softplus. With a conv, u is first taken through each
+direction's causal depthwise conv (along its own scan order) and SiLU. The Triton backend computes the
+conv, delta, B and C in the kernels (forward and backward) so no (batch, groups, N, L) tensor and no
+convolved copy of u is formed (for e a power of two and up to 4 conv taps; otherwise it forms them and runs
+the generic fused kernel); the PyTorch path forms them and runs the two scans.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from __future__ import annotations
 import torch
 
 from .._backend import HAS_TRITON, resolve_backend
-from .._checks import check_tensor, compute_dtype
+from .._checks import check_optional, check_tensor, compute_dtype
+from ..conv import depthwise_conv1d_silu
 from .bidirectional import selective_scan_bidirectional_fn, split_directions
 
 if HAS_TRITON:
     from .triton_op import selective_scan_projected_triton
 
-_NAMES = ("u", "A", "x_weight", "dt_weight", "dt_bias", "D")
+_NAMES = ("u", "A", "x_weight", "dt_weight", "dt_bias", "D", "conv_weight", "conv_bias")
 
 
 def _check(args, z):
@@ -36,9 +38,27 @@ def _check(args, z):
         raise ValueError(f"u: expected (batch, groups * e, L) with e={e} (A's rows) dividing the channels and "
                          f"L >= 1, got {tuple(u.shape)}")
     check_tensor("x_weight", args[2], "(1 + 2N, e)", (1 + 2 * n, e), u.device)
-    for name, t in zip(_NAMES[3:], args[3:]):
+    for name, t in zip(_NAMES[3:6], args[3:6]):
         check_tensor(name, t, "(e,)", (e,), u.device)
     check_tensor("z", z, "(batch, groups * e, L)", tuple(u.shape), u.device)
+    weight, bias = args[6:]
+    if weight is None and bias is not None:
+        raise ValueError("conv_bias: given without conv_weight")
+    if weight is not None:
+        check_tensor("conv_weight", weight, "(e, K)", (e, None), u.device)
+        if weight.shape[1] < 1:
+            raise ValueError(f"conv_weight: expected at least one tap, got shape {tuple(weight.shape)}")
+    check_optional("conv_bias", bias, "(e,)", (e,), u.device)
+
+
+def _conv_silu(u, weight, bias, reverse):
+    """SiLU of the direction's causal depthwise conv along L, the same (e, K) taps for every group: the
+    forward direction's output t sees u_{t-K+1..t}, the backward direction's u_{t..t+K-1}."""
+    if weight is None:
+        return u
+    e, k = weight.shape
+    padding = (0, k - 1) if reverse else (k - 1, 0)
+    return depthwise_conv1d_silu(u.unflatten(1, (-1, e)), weight, bias, padding).flatten(1, 2)
 
 
 def _explicit(u, A, x_weight, dt_weight, dt_bias, D):
@@ -54,19 +74,27 @@ def _explicit(u, A, x_weight, dt_weight, dt_bias, D):
             dt_bias.repeat(groups))
 
 
-def selective_scan_projected_bidirectional_fn(u, A, x_weight, dt_weight, dt_bias, D, *, z, backend="auto"):
-    """Each of u, A, x_weight, dt_weight, dt_bias, D is a pair (forward direction, backward direction).
+def selective_scan_projected_bidirectional_fn(u, A, x_weight, dt_weight, dt_bias, D, *, z, conv_weight=(None, None),
+                                              conv_bias=(None, None), backend="auto"):
+    """Each of u, A, x_weight, dt_weight, dt_bias, D, conv_weight, conv_bias is a pair (forward direction,
+    backward direction).
 
     u: (batch, groups * e, L) with each group's e channels consecutive; A: (e, N); x_weight: (1 + 2N, e);
-    dt_weight, dt_bias, D: (e,); z: (batch, groups * e, L). Returns
-    (scan(forward) + scan_reversed(backward)) * silu(z), (batch, groups * e, L) in u's dtype.
+    dt_weight, dt_bias, D: (e,); z: (batch, groups * e, L). conv_weight (e, K) and conv_bias (e,) (or None):
+    a direction's scan input is then silu(conv(u)) with a causal depthwise conv along its own scan order
+    (`nn.Conv1d(e, e, K, groups=e)`'s weight squeezed, padded by K - 1 on the side the direction starts
+    from). Returns (scan(forward) + scan_reversed(backward)) * silu(z), (batch, groups * e, L) in u's dtype.
     """
-    forward, backward = split_directions(_NAMES, (u, A, x_weight, dt_weight, dt_bias, D), lambda a: _check(a, z),
-                                         a_index=1)
+    forward, backward = split_directions(_NAMES, (u, A, x_weight, dt_weight, dt_bias, D, conv_weight, conv_bias),
+                                         lambda a: _check(a, z), a_index=1)
+    if (forward[6] is None) != (backward[6] is None):
+        raise ValueError("conv_weight: expected a conv in both directions or in neither")
     e = forward[1].shape[0]
     float64 = compute_dtype(*forward, *backward, z) == torch.float64
     backend = resolve_backend(backend, forward[0], has_kernel=True, float64=float64)
-    if backend == "triton" and e & (e - 1) == 0:
-        return selective_scan_projected_triton(forward, backward, z)
-    explicit = [_explicit(*args) for args in (forward, backward)]
+    taps = max((w.shape[1] for w in (forward[6], backward[6]) if w is not None), default=1)
+    if backend == "triton" and e & (e - 1) == 0 and taps <= 4:
+        return selective_scan_projected_triton(forward[:6], backward[:6], z, (*forward[6:], *backward[6:]))
+    explicit = [_explicit(_conv_silu(args[0], *args[6:], reverse), *args[1:6])
+                for args, reverse in ((forward, False), (backward, True))]
     return selective_scan_bidirectional_fn(*zip(*explicit), z=z, delta_softplus=True, backend=backend)

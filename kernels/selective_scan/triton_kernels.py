@@ -25,6 +25,9 @@ BLOCK_D / E whole groups of E channels (one token's features each); per step and
 delta = w_dt r + bias, B_t = W_B u_t, C_t = W_C u_t with W = (W_r; W_B; W_C) of shape (1 + 2N, E), held on
 each of the group's rows. The backward folds dB_t, dC_t and d(delta) into du and into per-channel sums of
 the weights' gradients, so no per-step delta, B or C tensor exists in memory in either direction.
+With CONV as well, u is the input of a causal depthwise conv (up to 4 taps, in scan order) and SiLU, both
+computed in the loops from the last inputs kept in registers; the backward keeps each chunk's conv
+outputs in its scratch beside the states and gives the conv's input gradient and weight sums.
 """
 
 from __future__ import annotations
@@ -99,6 +102,32 @@ def _load_projection(Wx_ptr, wdt_ptr, N, offs_n, mask_n, PROJ: tl.constexpr, E: 
         WB = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
         WC = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     return Wr, wdt, WB, WC
+
+
+@triton.jit
+def _load_conv(cw_ptr, cb_ptr, offs_p, mask_d, CONV: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The conv's tap weights by lag (w0 multiplies this step's input, w3 the input three steps back) and
+    bias, each (BLOCK_D,) float32 for each channel's place in its group; zeros unless CONV. cw: contiguous
+    (E, 4); cb: (E,)."""
+    w0 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    w1 = w0
+    w2 = w0
+    w3 = w0
+    cb = w0
+    if CONV:
+        w0 = tl.load(cw_ptr + offs_p * 4, mask=mask_d, other=0.0)
+        w1 = tl.load(cw_ptr + offs_p * 4 + 1, mask=mask_d, other=0.0)
+        w2 = tl.load(cw_ptr + offs_p * 4 + 2, mask=mask_d, other=0.0)
+        w3 = tl.load(cw_ptr + offs_p * 4 + 3, mask=mask_d, other=0.0)
+        cb = tl.load(cb_ptr + offs_p, mask=mask_d, other=0.0)
+    return w0, w1, w2, w3, cb
+
+
+@triton.jit
+def _load_input(u_ptr, su_t, i, L, H, mask_d, REVERSE: tl.constexpr, COLS: tl.constexpr):
+    """u at step i of the scan order, float32, zero outside 0 <= i < L (the conv's zero padding)."""
+    t = _step_position(i, L, H, REVERSE, COLS)
+    return tl.load(u_ptr + t * su_t, mask=mask_d & (i >= 0) & (i < L), other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -183,20 +212,21 @@ def _scan_fwd_direction(
     A_ptr, sA_d, sA_n,
     B_ptr, sB_b, sB_g, sB_n, sB_t, B_dpg,
     C_ptr, sC_b, sC_g, sC_n, sC_t, C_dpg,
-    D_ptr, bias_ptr, Wx_ptr, wdt_ptr,
+    D_ptr, bias_ptr, Wx_ptr, wdt_ptr, cw_ptr, cb_ptr,
     z_ptr, sz_b, sz_d, sz_t,
     out_ptr, so_b, so_d, so_t,
     last_ptr, states_ptr,
     pid_b, pid_d, dim, L, N, n_chunks, H,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, GATE: tl.constexpr,
     REVERSE: tl.constexpr, ACCUMULATE: tl.constexpr, SAVE_STATES: tl.constexpr, STORE_LAST: tl.constexpr,
-    COLS: tl.constexpr, PROJ: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    CHUNK: tl.constexpr,
+    COLS: tl.constexpr, PROJ: tl.constexpr, CONV: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
     """One direction's forward. states: (batch, dim, n_chunks, N) float32, the state before each CHUNK
     steps in scan order; last: (batch, dim, N) float32, the state after the last step. With PROJ, A, D and
-    delta_bias are (E, ...): one row per place in a group. With COLS the L = H * W positions are a row-major
-    grid scanned column by column (`_position`); outputs go to the inputs' positions."""
+    delta_bias are (E, ...): one row per place in a group; with CONV, u goes through the conv and SiLU
+    first. With COLS the L = H * W positions are a row-major grid scanned column by column (`_position`);
+    outputs go to the inputs' positions."""
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     mask_d, mask_n = offs_d < dim, offs_n < N
@@ -206,6 +236,13 @@ def _scan_fwd_direction(
     A2 = A2 * 1.4426950408889634  # exp(dt A) = exp2(dt A log2 e)
     bias, Dv = _load_channel_params(bias_ptr, D_ptr, offs_p, mask_d, HAS_BIAS, HAS_D, BLOCK_D)
     Wr, wdt, WB, WC = _load_projection(Wx_ptr, wdt_ptr, N, offs_n, mask_n, PROJ, E, BLOCK_D, BLOCK_N)
+    cw0, cw1, cw2, cw3, cb = _load_conv(cw_ptr, cb_ptr, offs_p, mask_d, CONV, BLOCK_D)
+    # The conv's inputs one, two and three steps back. Each loop-carried value starts as its own tensor: the
+    # compiler keeps a name whose value after the loop body is the very object it entered with out of the
+    # loop's carried values, so `x3 = x2` with x2 and x3 both bound to one zeros tensor would not be carried.
+    x1 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    x2 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    x3 = tl.zeros((BLOCK_D,), dtype=tl.float32)
     # Without PROJ all BLOCK_D channels share one group of B and one of C (the launcher picks BLOCK_D so).
     B_ptr += pid_b * sB_b + ((pid_d * BLOCK_D) // B_dpg) * sB_g + offs_n * sB_n
     C_ptr += pid_b * sC_b + ((pid_d * BLOCK_D) // C_dpg) * sC_g + offs_n * sC_n
@@ -237,6 +274,12 @@ def _scan_fwd_direction(
             o_n = tl.load(out_ptr + t_n * so_t, mask=mask_d & more, other=0.0).to(tl.float32)
         if SAVE_STATES:
             tl.store(states_ptr + state_offs + (i // CHUNK) * N, h, mask=mask_dn & (i % CHUNK == 0))
+        if CONV:
+            pre = cb + cw0 * u + cw1 * x1 + cw2 * x2 + cw3 * x3
+            x3 = x2
+            x2 = x1
+            x1 = u
+            u = tl.where(mask_d, pre * tl.sigmoid(pre), 0.0)
         dl, dt, Bt, r = _step_values(u, dl, Bt, bias, Wr, wdt, WB, mask_d, True, HAS_BIAS, SOFTPLUS, PROJ, E, BLOCK_D)
         Ct = _C_values(u, Ct, WC, PROJ, E, BLOCK_D)
         h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt
@@ -259,23 +302,27 @@ def _scan_bwd_direction(
     A_ptr, sA_d, sA_n,
     B_ptr, sB_b, sB_g, sB_n, sB_t, B_dpg,
     C_ptr, sC_b, sC_g, sC_n, sC_t, C_dpg,
-    D_ptr, bias_ptr, Wx_ptr, wdt_ptr,
+    D_ptr, bias_ptr, Wx_ptr, wdt_ptr, cw_ptr, cb_ptr,
     z_ptr, sz_b, sz_d, sz_t,
     dout_ptr, sdo_b, sdo_d, sdo_t,
     states_ptr, scratch_ptr,
-    du_ptr, ddl_ptr, dz_ptr, dB_ptr, dB_g, dC_ptr, dC_g, dA_ptr, dD_ptr, dbias_ptr, dWx_ptr, dwdt_ptr,
+    du_ptr, ddl_ptr, dz_ptr, dB_ptr, dB_g, dC_ptr, dC_g, dA_ptr, dD_ptr, dbias_ptr, dWx_ptr, dwdt_ptr, dcw_ptr,
+    dcb_ptr,
     pid_b, pid_d, dim, L, N, n_chunks, H,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, GATE: tl.constexpr,
     REVERSE: tl.constexpr, ACCUMULATE: tl.constexpr, COLS: tl.constexpr, TOKEN_MAJOR: tl.constexpr,
-    PROJ: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    PROJ: tl.constexpr, CONV: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    CHUNK: tl.constexpr,
 ):
     """Gradients of one direction. du, ddelta, dz: contiguous (batch, dim, L) in the inputs' dtypes, or with
     TOKEN_MAJOR contiguous (batch, L, dim); dB, dC: float32 (batch, groups, N, L) (TOKEN_MAJOR: (batch,
     groups, L, N)), added to atomically; dA (batch, dim, N), dD and dbias
     (batch, dim): float32 per-sequence sums. With ACCUMULATE, dz already holds the other direction's
-    part and this one is added to it. scratch: CHUNK * BLOCK_D * BLOCK_N float32 per program. With PROJ
-    (no ddelta, dB, dC): dWx (batch, dim, 1 + 2N) and dwdt (batch, dim) float32 per-channel sums of the
-    projection weights' gradients."""
+    part and this one is added to it. scratch: CHUNK * BLOCK_D * BLOCK_N float32 per program (with CONV
+    CHUNK * BLOCK_D * (BLOCK_N + 1)). With PROJ (no ddelta, dB, dC): dWx (batch, dim, 1 + 2N) and dwdt
+    (batch, dim) float32 per-channel sums of the projection weights' gradients. With CONV, du is the
+    gradient of the conv's input, and dcw (batch, dim, 4) (by lag) and dcb (batch, dim) float32 per-channel
+    sums of the conv's."""
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     mask_d, mask_n = offs_d < dim, offs_n < N
@@ -285,6 +332,7 @@ def _scan_bwd_direction(
     A2 = A * 1.4426950408889634
     bias, Dv = _load_channel_params(bias_ptr, D_ptr, offs_p, mask_d, HAS_BIAS, HAS_D, BLOCK_D)
     Wr, wdt, WB, WC = _load_projection(Wx_ptr, wdt_ptr, N, offs_n, mask_n, PROJ, E, BLOCK_D, BLOCK_N)
+    cw0, cw1, cw2, cw3, cb = _load_conv(cw_ptr, cb_ptr, offs_p, mask_d, CONV, BLOCK_D)
     group_B = (pid_d * BLOCK_D) // B_dpg
     group_C = (pid_d * BLOCK_D) // C_dpg
     B_ptr += pid_b * sB_b + group_B * sB_g + offs_n * sB_n
@@ -300,8 +348,14 @@ def _scan_bwd_direction(
     z_ptr += pid_b * sz_b + offs_d * sz_d
     dout_ptr += pid_b * sdo_b + offs_d * sdo_d
     state_offs = (pid_b * dim + offs_d[:, None]) * n_chunks * N + offs_n[None, :]
-    scratch_ptr += ((pid_b * tl.num_programs(0) + pid_d) * CHUNK * BLOCK_D + tl.arange(0, BLOCK_D)[:, None]) \
-        * BLOCK_N + offs_n[None, :]
+    base = (pid_b * tl.num_programs(0) + pid_d) * CHUNK * BLOCK_D
+    if CONV:  # the chunk's conv outputs (before SiLU) follow its states
+        base = base * (BLOCK_N + 1)
+        pre_ptr = scratch_ptr + base + CHUNK * BLOCK_D * BLOCK_N + tl.arange(0, BLOCK_D)
+    else:
+        base = base * BLOCK_N
+        pre_ptr = scratch_ptr
+    scratch_ptr += base + tl.arange(0, BLOCK_D)[:, None] * BLOCK_N + offs_n[None, :]
     g = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     a_next = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
@@ -311,10 +365,27 @@ def _scan_bwd_direction(
     dwdt_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dWB_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     dWC_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    # The conv's inputs one, two and three steps back, and its outputs' gradients one, two and three steps
+    # ahead: each its own tensor (see `_scan_fwd_direction`).
+    x1 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    x2 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    x3 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    p1 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    p2 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    p3 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    dcw0_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    dcw1_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    dcw2_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    dcw3_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    dcb_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     for j in range(n_chunks):
         c = n_chunks - 1 - j
         # Recompute the chunk's states from the one saved at its start (loads issued a step ahead).
         h = tl.load(states_ptr + state_offs + c * N, mask=mask_dn, other=0.0)
+        if CONV:
+            x1 = _load_input(u_ptr, su_t, c * CHUNK - 1, L, H, mask_d, REVERSE, COLS)
+            x2 = _load_input(u_ptr, su_t, c * CHUNK - 2, L, H, mask_d, REVERSE, COLS)
+            x3 = _load_input(u_ptr, su_t, c * CHUNK - 3, L, H, mask_d, REVERSE, COLS)
         t_n = _step_position(c * CHUNK, L, H, REVERSE, COLS)
         u_n, dl_n, B_n = _load_step(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, t_n, mask_d, mask_n, c * CHUNK < L, PROJ,
                                     BLOCK_N)
@@ -324,6 +395,13 @@ def _scan_bwd_direction(
             t_n = _step_position(i + 1, L, H, REVERSE, COLS)
             u_n, dl_n, B_n = _load_step(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, t_n, mask_d, mask_n,
                                         (k + 1 < CHUNK) & (i + 1 < L), PROJ, BLOCK_N)
+            if CONV:
+                pre = cb + cw0 * u + cw1 * x1 + cw2 * x2 + cw3 * x3
+                x3 = x2
+                x2 = x1
+                x1 = u
+                tl.store(pre_ptr + k * BLOCK_D, pre)
+                u = tl.where(mask_d, pre * tl.sigmoid(pre), 0.0)
             dl, dt, Bt, r = _step_values(u, dl, Bt, bias, Wr, wdt, WB, mask_d, i < L, HAS_BIAS, SOFTPLUS, PROJ, E,
                                          BLOCK_D)
             h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt
@@ -337,6 +415,9 @@ def _scan_bwd_direction(
         C_n = _load_C(C_ptr, sC_t, t_n, mask_n, i_n < L, PROJ, BLOCK_N)
         do_n = tl.load(dout_ptr + t_n * sdo_t, mask=mask_d & (i_n < L), other=0.0).to(tl.float32)
         h_n = tl.load(scratch_ptr + (CHUNK - 1) * BLOCK_D * BLOCK_N)
+        pre_n = u_n
+        if CONV:
+            pre_n = tl.load(pre_ptr + (CHUNK - 1) * BLOCK_D)
         z_n = u_n
         dz_n = u_n
         if GATE:
@@ -347,7 +428,7 @@ def _scan_bwd_direction(
             k = CHUNK - 1 - kk
             i = c * CHUNK + k
             valid = i < L
-            t, u, dl, Bt, Ct, dout, h, zt, dz_prev = t_n, u_n, dl_n, B_n, C_n, do_n, h_n, z_n, dz_n
+            t, u, dl, Bt, Ct, dout, h, zt, dz_prev, pre = t_n, u_n, dl_n, B_n, C_n, do_n, h_n, z_n, dz_n, pre_n
             i_n = i - 1
             more = (kk + 1 < CHUNK) & (i_n < L)
             t_n = _step_position(i_n, L, H, REVERSE, COLS)
@@ -356,6 +437,12 @@ def _scan_bwd_direction(
             C_n = _load_C(C_ptr, sC_t, t_n, mask_n, more, PROJ, BLOCK_N)
             do_n = tl.load(dout_ptr + t_n * sdo_t, mask=mask_d & more, other=0.0).to(tl.float32)
             h_n = tl.load(scratch_ptr + (k - 1) * BLOCK_D * BLOCK_N, mask=mask_dn & more, other=0.0)
+            x = u
+            sp = u
+            if CONV:
+                pre_n = tl.load(pre_ptr + (k - 1) * BLOCK_D, mask=mask_d & more, other=0.0)
+                sp = tl.sigmoid(pre)
+                u = tl.where(mask_d, pre * sp, 0.0)
             if GATE:
                 z_n = tl.load(z_ptr + t_n * sz_t, mask=mask_d & more, other=0.0).to(tl.float32)
                 if ACCUMULATE:
@@ -408,6 +495,17 @@ def _scan_bwd_direction(
                 tl.store(ddl_ptr + grad_offs + t * grad_t, ddt.to(ddl_ptr.dtype.element_ty), mask=mask_d & valid)
                 tl.atomic_add(dB_ptr + t * dbc_t, dBt, mask=mask_n & valid, sem="relaxed")
                 tl.atomic_add(dC_ptr + t * dbc_t, dCt, mask=mask_n & valid, sem="relaxed")
+            if CONV:  # back through u = silu(pre), pre_i = cb + sum_k w_k x_{i-k}
+                dpre = du * sp * (1.0 + pre * (1.0 - sp))
+                dcw0_acc += dpre * x
+                dcw1_acc += p1 * x
+                dcw2_acc += p2 * x
+                dcw3_acc += p3 * x
+                dcb_acc += dpre
+                du = cw0 * dpre + cw1 * p1 + cw2 * p2 + cw3 * p3
+                p3 = p2
+                p2 = p1
+                p1 = dpre
             tl.store(du_ptr + grad_offs + t * grad_t, du.to(du_ptr.dtype.element_ty), mask=mask_d & valid)
         tl.debug_barrier()
     tl.store(dA_ptr + (pid_b * dim + offs_d[:, None]) * N + offs_n[None, :], dA_acc, mask=mask_dn)
@@ -421,68 +519,79 @@ def _scan_bwd_direction(
         tl.store(dWx_ptr + w_offs[:, None] + 1 + offs_n[None, :], dWB_acc, mask=mask_dn)
         tl.store(dWx_ptr + w_offs[:, None] + 1 + N + offs_n[None, :], dWC_acc, mask=mask_dn)
         tl.store(dwdt_ptr + pid_b * dim + offs_d, dwdt_acc, mask=mask_d)
+    if CONV:
+        c_offs = (pid_b * dim + offs_d) * 4
+        tl.store(dcw_ptr + c_offs, dcw0_acc, mask=mask_d)
+        tl.store(dcw_ptr + c_offs + 1, dcw1_acc, mask=mask_d)
+        tl.store(dcw_ptr + c_offs + 2, dcw2_acc, mask=mask_d)
+        tl.store(dcw_ptr + c_offs + 3, dcw3_acc, mask=mask_d)
+        tl.store(dcb_ptr + pid_b * dim + offs_d, dcb_acc, mask=mask_d)
 
 
 @triton.jit
 def s6_fwd_kernel(
     u0, su0_b, su0_d, su0_t, dl0, sdl0_b, sdl0_d, sdl0_t, A0, sA0_d, sA0_n,
-    B0, sB0_b, sB0_g, sB0_n, sB0_t, B0_dpg, C0, sC0_b, sC0_g, sC0_n, sC0_t, C0_dpg, D0, bias0, Wx0, wdt0, states0,
+    B0, sB0_b, sB0_g, sB0_n, sB0_t, B0_dpg, C0, sC0_b, sC0_g, sC0_n, sC0_t, C0_dpg, D0, bias0, Wx0, wdt0,
+    cw0, cb0, states0,
     u1, su1_b, su1_d, su1_t, dl1, sdl1_b, sdl1_d, sdl1_t, A1, sA1_d, sA1_n,
-    B1, sB1_b, sB1_g, sB1_n, sB1_t, B1_dpg, C1, sC1_b, sC1_g, sC1_n, sC1_t, C1_dpg, D1, bias1, Wx1, wdt1, states1,
+    B1, sB1_b, sB1_g, sB1_n, sB1_t, B1_dpg, C1, sC1_b, sC1_g, sC1_n, sC1_t, C1_dpg, D1, bias1, Wx1, wdt1,
+    cw1, cb1, states1,
     z, sz_b, sz_d, sz_t, out, so_b, so_d, so_t, last,
     dim, L, N, n_chunks, H,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
     REVERSE: tl.constexpr, BIDIR: tl.constexpr, SAVE_STATES: tl.constexpr, COLS: tl.constexpr, PROJ: tl.constexpr,
-    E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    CONV: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
     """Grid (cdiv(dim, BLOCK_D), batch). Direction 0 scans in the order REVERSE says; with BIDIR, direction 1
     then scans last-to-first and adds its output before the gate."""
     pid_d, pid_b = tl.program_id(0), tl.program_id(1)
     _scan_fwd_direction(u0, su0_b, su0_d, su0_t, dl0, sdl0_b, sdl0_d, sdl0_t, A0, sA0_d, sA0_n,
                         B0, sB0_b, sB0_g, sB0_n, sB0_t, B0_dpg, C0, sC0_b, sC0_g, sC0_n, sC0_t, C0_dpg, D0, bias0,
-                        Wx0, wdt0, z, sz_b, sz_d, sz_t, out, so_b, so_d, so_t, last, states0,
+                        Wx0, wdt0, cw0, cb0, z, sz_b, sz_d, sz_t, out, so_b, so_d, so_t, last, states0,
                         pid_b, pid_d, dim, L, N, n_chunks, H,
                         HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z and not BIDIR, REVERSE, False, SAVE_STATES, not BIDIR,
-                        COLS, PROJ, E, BLOCK_D, BLOCK_N, CHUNK)
+                        COLS, PROJ, CONV, E, BLOCK_D, BLOCK_N, CHUNK)
     if BIDIR:
         tl.debug_barrier()  # direction 1 reads the outputs this program's threads just wrote
         _scan_fwd_direction(u1, su1_b, su1_d, su1_t, dl1, sdl1_b, sdl1_d, sdl1_t, A1, sA1_d, sA1_n,
                             B1, sB1_b, sB1_g, sB1_n, sB1_t, B1_dpg, C1, sC1_b, sC1_g, sC1_n, sC1_t, C1_dpg, D1,
-                            bias1, Wx1, wdt1, z, sz_b, sz_d, sz_t, out, so_b, so_d, so_t, last, states1,
+                            bias1, Wx1, wdt1, cw1, cb1, z, sz_b, sz_d, sz_t, out, so_b, so_d, so_t, last, states1,
                             pid_b, pid_d, dim, L, N, n_chunks, H,
                             HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z, True, True, SAVE_STATES, False,
-                            COLS, PROJ, E, BLOCK_D, BLOCK_N, CHUNK)
+                            COLS, PROJ, CONV, E, BLOCK_D, BLOCK_N, CHUNK)
 
 
 @triton.jit
 def s6_bwd_kernel(
     u0, su0_b, su0_d, su0_t, dl0, sdl0_b, sdl0_d, sdl0_t, A0, sA0_d, sA0_n,
-    B0, sB0_b, sB0_g, sB0_n, sB0_t, B0_dpg, C0, sC0_b, sC0_g, sC0_n, sC0_t, C0_dpg, D0, bias0, Wx0, wdt0, states0,
-    du0, ddl0, dB0, dB0_g, dC0, dC0_g, dA0, dD0, dbias0, dWx0, dwdt0,
+    B0, sB0_b, sB0_g, sB0_n, sB0_t, B0_dpg, C0, sC0_b, sC0_g, sC0_n, sC0_t, C0_dpg, D0, bias0, Wx0, wdt0,
+    cw0, cb0, states0,
+    du0, ddl0, dB0, dB0_g, dC0, dC0_g, dA0, dD0, dbias0, dWx0, dwdt0, dcw0, dcb0,
     u1, su1_b, su1_d, su1_t, dl1, sdl1_b, sdl1_d, sdl1_t, A1, sA1_d, sA1_n,
-    B1, sB1_b, sB1_g, sB1_n, sB1_t, B1_dpg, C1, sC1_b, sC1_g, sC1_n, sC1_t, C1_dpg, D1, bias1, Wx1, wdt1, states1,
-    du1, ddl1, dB1, dB1_g, dC1, dC1_g, dA1, dD1, dbias1, dWx1, dwdt1,
+    B1, sB1_b, sB1_g, sB1_n, sB1_t, B1_dpg, C1, sC1_b, sC1_g, sC1_n, sC1_t, C1_dpg, D1, bias1, Wx1, wdt1,
+    cw1, cb1, states1,
+    du1, ddl1, dB1, dB1_g, dC1, dC1_g, dA1, dD1, dbias1, dWx1, dwdt1, dcw1, dcb1,
     z, sz_b, sz_d, sz_t, dout, sdo_b, sdo_d, sdo_t, dz, scratch,
     dim, L, N, n_chunks, H,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
     REVERSE: tl.constexpr, BIDIR: tl.constexpr, COLS: tl.constexpr, TOKEN_MAJOR: tl.constexpr, PROJ: tl.constexpr,
-    E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    CONV: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
     """Grid (cdiv(dim, BLOCK_D), batch); the gradients of `s6_fwd_kernel`, direction by direction."""
     pid_d, pid_b = tl.program_id(0), tl.program_id(1)
     _scan_bwd_direction(u0, su0_b, su0_d, su0_t, dl0, sdl0_b, sdl0_d, sdl0_t, A0, sA0_d, sA0_n,
                         B0, sB0_b, sB0_g, sB0_n, sB0_t, B0_dpg, C0, sC0_b, sC0_g, sC0_n, sC0_t, C0_dpg, D0, bias0,
-                        Wx0, wdt0, z, sz_b, sz_d, sz_t, dout, sdo_b, sdo_d, sdo_t, states0, scratch,
-                        du0, ddl0, dz, dB0, dB0_g, dC0, dC0_g, dA0, dD0, dbias0, dWx0, dwdt0,
+                        Wx0, wdt0, cw0, cb0, z, sz_b, sz_d, sz_t, dout, sdo_b, sdo_d, sdo_t, states0, scratch,
+                        du0, ddl0, dz, dB0, dB0_g, dC0, dC0_g, dA0, dD0, dbias0, dWx0, dwdt0, dcw0, dcb0,
                         pid_b, pid_d, dim, L, N, n_chunks, H,
-                        HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z, REVERSE, False, COLS, TOKEN_MAJOR, PROJ, E, BLOCK_D,
-                        BLOCK_N, CHUNK)
+                        HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z, REVERSE, False, COLS, TOKEN_MAJOR, PROJ, CONV, E,
+                        BLOCK_D, BLOCK_N, CHUNK)
     if BIDIR:
         tl.debug_barrier()  # direction 1 adds its part to the dz this program's threads just wrote
         _scan_bwd_direction(u1, su1_b, su1_d, su1_t, dl1, sdl1_b, sdl1_d, sdl1_t, A1, sA1_d, sA1_n,
                             B1, sB1_b, sB1_g, sB1_n, sB1_t, B1_dpg, C1, sC1_b, sC1_g, sC1_n, sC1_t, C1_dpg, D1,
-                            bias1, Wx1, wdt1, z, sz_b, sz_d, sz_t, dout, sdo_b, sdo_d, sdo_t, states1, scratch,
-                            du1, ddl1, dz, dB1, dB1_g, dC1, dC1_g, dA1, dD1, dbias1, dWx1, dwdt1,
+                            bias1, Wx1, wdt1, cw1, cb1, z, sz_b, sz_d, sz_t, dout, sdo_b, sdo_d, sdo_t, states1,
+                            scratch, du1, ddl1, dz, dB1, dB1_g, dC1, dC1_g, dA1, dD1, dbias1, dWx1, dwdt1, dcw1, dcb1,
                             pid_b, pid_d, dim, L, N, n_chunks, H,
-                            HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z, True, True, COLS, TOKEN_MAJOR, PROJ, E, BLOCK_D,
-                            BLOCK_N, CHUNK)
+                            HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z, True, True, COLS, TOKEN_MAJOR, PROJ, CONV, E,
+                            BLOCK_D, BLOCK_N, CHUNK)

@@ -33,8 +33,8 @@ def block_sizes(dim: int, length: int, n: int, dpgs: tuple[int, ...]) -> tuple[i
 
 def _direction(rows, u, delta, A, B, C, D, delta_bias, proj=None):
     """Kernel arguments of one direction for the batch rows `rows`: tensors with their strides, B and C as
-    (batch, G, N, L) views, then the projection weights (Wx, w_dt) when `proj` gives them (delta, B and C
-    are then None and u stands in for them, never read)."""
+    (batch, G, N, L) views, then the projection weights and conv (Wx, w_dt, conv weight by lag, conv bias)
+    when `proj` gives them (delta, B and C are then None; u stands in for what is absent, never read)."""
     dim = u.shape[1]
     if proj is not None:
         delta, B, C = u, u.unsqueeze(1), u.unsqueeze(1)
@@ -43,7 +43,7 @@ def _direction(rows, u, delta, A, B, C, D, delta_bias, proj=None):
     C4 = (C if C.dim() == 4 else C.unsqueeze(1))[rows]
     return [u, *u.stride(), delta, *delta.stride(), A, *A.stride(),
             B4, *B4.stride(), dim // B4.shape[1], C4, *C4.stride(), dim // C4.shape[1],
-            u if D is None else D, u if delta_bias is None else delta_bias, *(proj or (u, u))]
+            *[u if t is None else t for t in (D, delta_bias, *(proj or (None,) * 4))]]
 
 
 PROJ_CHUNK = 32  # steps between the states the PROJ forward saves
@@ -63,11 +63,15 @@ def proj_config(groups: int, backward: bool) -> tuple[int, int]:
 def _config(u, A, B, C, B_rev, C_rev, proj, backward=False):
     """(BLOCK_D, BLOCK_N, CHUNK, num_warps, E): `block_sizes` and E = 1, or with the projection weights
     (Wx, w_dt) `proj_config`'s groups of E = e channels per program."""
-    if proj is not None:
+    if proj is not None:  # (Wx, w_dt, conv weight, conv bias)
         e = proj[0].shape[1]
         per_program, warps = proj_config(u.shape[0] * u.shape[1] // e, backward)
         return e * per_program, triton.next_power_of_2(A.shape[1]), PROJ_CHUNK, warps, e
     return *block_sizes(u.shape[1], u.shape[2], A.shape[1], _dpgs(u.shape[1], B, C, B_rev, C_rev)), 1
+
+
+def _has_conv(proj) -> bool:
+    return proj is not None and proj[2] is not None
 
 
 # Rows of the batch per launch: the grid's second axis takes at most 65535, the backward's scratch
@@ -136,7 +140,8 @@ def _launch_fwd(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev
     """out (batch, dim, L) in u's dtype and layout (`_token_major`), last state (batch, dim, N) float32 (one
     direction only; empty for a pair), and the states at chunk starts of each direction, (batch, dim, chunks, N) float32
     (empty unless save_states). cols: 0, or H to scan the L = H * W positions, a row-major grid of H rows,
-    column by column. proj, proj_rev: (Wx, w_dt) of each direction for the kernels' PROJ mode, or None."""
+    column by column. proj, proj_rev: (Wx, w_dt, conv weight (E, 4) by lag or None, conv bias) of each
+    direction for the kernels' PROJ mode, or None."""
     batch, dim, length = u.shape
     n = A.shape[1]
     bidir = u_rev is not None
@@ -157,8 +162,8 @@ def _launch_fwd(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev
             s6_fwd_kernel[(triton.cdiv(dim, block_d), o.shape[0])](
                 *dir0, *dir1, *gate, o, *o.stride(), o if bidir else last[rows], dim, length, n, chunks, max(cols, 1),
                 HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
-                REVERSE=reverse, BIDIR=bidir, SAVE_STATES=save_states, COLS=cols > 0, PROJ=proj is not None, E=e,
-                BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=warps,
+                REVERSE=reverse, BIDIR=bidir, SAVE_STATES=save_states, COLS=cols > 0, PROJ=proj is not None,
+                CONV=_has_conv(proj), E=e, BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=warps,
             )
     return out, last, states[0], states[-1] if bidir else torch.empty(0, device=u.device)
 
@@ -195,7 +200,7 @@ def _grad_buffers(u, delta, A, B, C, D, delta_bias, proj=None):
     """du, ddelta (inputs' dtypes, contiguous in u's layout); dB, dC float32 (batch, G, N, L) zeros (added to
     atomically; stored (batch, G, L, N) for token-major u); dA, dD, dbias float32 per-sequence partials; with
     `proj` no ddelta, dB, dC (empty) but dWx (batch, dim, 1 + 2N) and dw_dt (batch, dim) float32
-    per-sequence partials."""
+    per-sequence partials, and with its conv dcw (batch, dim, 4) and dcb (batch, dim) likewise."""
     batch, dim, length = u.shape
     n = A.shape[1]
     f32 = dict(dtype=torch.float32, device=u.device)
@@ -204,16 +209,17 @@ def _grad_buffers(u, delta, A, B, C, D, delta_bias, proj=None):
     per_row = [torch.empty(batch, dim, n, **f32), torch.empty(batch, dim, **f32), torch.empty(batch, dim, **f32)]
     if proj is not None:
         empty = u.new_empty(0)
+        conv = [torch.empty(batch, dim, 4, **f32), torch.empty(batch, dim, **f32)] if _has_conv(proj) else [du, du]
         return [du, empty, empty, 1, empty, 1, *per_row, torch.empty(batch, dim, 1 + 2 * n, **f32),
-                torch.empty(batch, dim, **f32)]
+                torch.empty(batch, dim, **f32), *conv]
     dB, dC = (_empty_scan_layout((batch, _groups(t), n, length), token_major, **f32).zero_() for t in (B, C))
     return [du, _empty_scan_layout(delta.shape, token_major, dtype=delta.dtype, device=u.device),
-            dB, _groups(B), dC, _groups(C), *per_row, du, du]
+            dB, _groups(B), dC, _groups(C), *per_row, du, du, du, du]
 
 
 def _finish_grads(buffers, B, C, A, D, delta_bias):
     """Kernel buffers -> gradients shaped and typed like (u, delta, A, B, C, D, delta_bias); absent -> empty."""
-    du, ddelta, dB, _, dC, _, dA, dD, dbias, _, _ = buffers
+    du, ddelta, dB, _, dC, _, dA, dD, dbias, *_ = buffers
     dB = (dB if B.dim() == 4 else dB[:, 0]).to(B.dtype)
     dC = (dC if C.dim() == 4 else dC[:, 0]).to(C.dtype)
     dD = du.new_empty(0) if D is None else dD.sum(0).to(D.dtype)
@@ -234,7 +240,7 @@ def _launch_bwd_buffers(dout, states, states_rev, u, delta, A, B, C, D, delta_bi
     g1 = _grad_buffers(u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev, proj_rev) if bidir else g0
     token_major = _token_major(u)
     dz = _empty_scan_layout(u.shape, token_major, dtype=z.dtype, device=u.device) if z is not None else u.new_empty(0)
-    per_row = programs * chunk * block_d * block_n
+    per_row = programs * chunk * block_d * (block_n + _has_conv(proj))
     tensors = [dout, states, states_rev, u, delta, B, C, u_rev, delta_rev, B_rev, C_rev, z, dz,
                *[b for b in g0 + g1 if not isinstance(b, int)]]
     slices = _row_slices(batch, min(SCRATCH_FLOATS // per_row, _rows_for_32bit(tensors)))
@@ -254,8 +260,8 @@ def _launch_bwd_buffers(dout, states, states_rev, u, delta, A, B, C, D, delta_bi
                 *dir0, *dir1, *gate, do, *do.stride(), dz[rows] if z is not None else u, scratch,
                 dim, length, n, _n_chunks(length, chunk), max(cols, 1),
                 HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
-                REVERSE=reverse, BIDIR=bidir, COLS=cols > 0, TOKEN_MAJOR=token_major, PROJ=proj is not None, E=e,
-                BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=warps,
+                REVERSE=reverse, BIDIR=bidir, COLS=cols > 0, TOKEN_MAJOR=token_major, PROJ=proj is not None,
+                CONV=_has_conv(proj), E=e, BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=warps,
             )
     return g0, g1, dz
 
@@ -348,9 +354,9 @@ class _EagerScan(torch.autograd.Function):
 
 def _check_row_scratch(u, A):
     """The kernels index with 32-bit offsets; the launchers slice the batch so that offsets from each slice's
-    base fit, which leaves one batch row's backward scratch (dim * CHUNK * N floats) as the limit."""
-    if u.shape[1] * 32 * triton.next_power_of_2(A.shape[1]) >= 2**31:
-        raise ValueError(f"u: the Triton kernels take dim * 32 * N below 2**31, got shape {tuple(u.shape)} with "
+    base fit, which leaves one batch row's backward scratch (dim * CHUNK * (N + 1) floats at most) as the limit."""
+    if u.shape[1] * 32 * (triton.next_power_of_2(A.shape[1]) + 1) >= 2**31:
+        raise ValueError(f"u: the Triton kernels take dim * 32 * (N + 1) below 2**31, got shape {tuple(u.shape)} with "
                          f"N={A.shape[1]}; use backend='torch'")
 
 
@@ -385,43 +391,69 @@ def _per_weight(t: torch.Tensor, e: int) -> torch.Tensor:
     return t.sum(0).unflatten(0, (-1, e)).sum(0)
 
 
-def _projected_fwd(z, u, A, Wx, wdt, D, bias, u_r, A_r, Wx_r, wdt_r, D_r, bias_r, save_states):
+def _conv_by_lag(weight, reverse):
+    """A direction's conv weight (e, K), K <= 4, as the kernels take it: (e, 4) float32 by lag in scan order
+    (the forward direction's weight k multiplies u_{t-K+1+k}, the backward direction's u_{t+k})."""
+    lag = weight.float() if reverse else weight.float().flip(-1)
+    return torch.nn.functional.pad(lag, (0, 4 - lag.shape[1])).contiguous()
+
+
+def _proj_args(Wx, wdt, cw, cb, reverse):
+    """(Wx, w_dt, conv weight by lag, conv bias), float32 and contiguous, for the kernels; None for no conv."""
+    if cw is None:
+        return Wx.float().contiguous(), wdt.float().contiguous(), None, None
+    cb = torch.zeros(cw.shape[0], device=cw.device) if cb is None else cb
+    return Wx.float().contiguous(), wdt.float().contiguous(), _conv_by_lag(cw, reverse), cb.float().contiguous()
+
+
+def _projected_fwd(z, u, A, Wx, wdt, D, bias, u_r, A_r, Wx_r, wdt_r, D_r, bias_r, cw, cb, cw_r, cb_r, save_states):
     """The PROJ forward of a direction pair: out (batch, groups * e, L) and each direction's states at chunk
     starts (empty unless save_states). Per direction: u (batch, groups * e, L), A (e, N), Wx (1 + 2N, e),
-    w_dt (e,), D (e,), bias (e,)."""
-    proj, proj_rev = ((w.float().contiguous(), v.float().contiguous()) for w, v in ((Wx, wdt), (Wx_r, wdt_r)))
+    w_dt (e,), D (e,), bias (e,), and the optional conv's weight (e, K) and bias (e,)."""
     out, _, states, states_rev = _launch_fwd(u, None, A, None, None, D, bias, u_r, None, A_r, None, None, D_r, bias_r,
-                                             z, True, False, save_states, proj=proj, proj_rev=proj_rev)
+                                             z, True, False, save_states, proj=_proj_args(Wx, wdt, cw, cb, False),
+                                             proj_rev=_proj_args(Wx_r, wdt_r, cw_r, cb_r, True))
     return out, states, states_rev
 
 
 def _projected_bwd(dout, states, states_rev, z, *inputs):
-    """Gradients of `_projected_fwd`'s z and twelve direction inputs, in its argument order."""
-    (u, A, Wx, wdt, D, bias), rev = inputs[:6], inputs[6:]
-    proj, proj_rev = ((w.float().contiguous(), v.float().contiguous()) for w, v in ((Wx, wdt), rev[2:4]))
+    """Gradients of `_projected_fwd`'s z and sixteen direction and conv inputs, in its argument order (an
+    empty tensor for an absent conv weight or bias)."""
+    (u, A, Wx, wdt, D, bias), rev, conv = inputs[:6], inputs[6:12], inputs[12:]
     g0, g1, dz = _launch_bwd_buffers(dout, states, states_rev, u, None, A, None, None, D, bias, rev[0], None, rev[1],
-                                     None, None, rev[4], rev[5], z, True, False, proj=proj, proj_rev=proj_rev)
+                                     None, None, rev[4], rev[5], z, True, False,
+                                     proj=_proj_args(Wx, wdt, *conv[:2], False),
+                                     proj_rev=_proj_args(*rev[2:4], *conv[2:], True))
     e = Wx.shape[1]
-    grads = [dz]
-    for (du, _, _, _, _, _, dA, dD, dbias, dWx, dwdt), (_, A_, Wx_, wdt_, D_, bias_) in ((g0, inputs[:6]), (g1, rev)):
+    grads, conv_grads = [dz], []
+    for (du, *_, dA, dD, dbias, dWx, dwdt, dcw, dcb), (_, A_, Wx_, wdt_, D_, bias_), (cw, cb), reverse in (
+            (g0, inputs[:6], conv[:2], False), (g1, rev, conv[2:], True)):
         grads += [du, _per_weight(dA, e).to(A_.dtype), _per_weight(dWx, e).T.contiguous().to(Wx_.dtype),
                   _per_weight(dwdt, e).to(wdt_.dtype), _per_weight(dD, e).to(D_.dtype),
                   _per_weight(dbias, e).to(bias_.dtype)]
-    return grads
+        if cw is None:
+            conv_grads += [du.new_empty(0), du.new_empty(0)]
+            continue
+        dcw = _per_weight(dcw, e)[:, :cw.shape[1]]
+        conv_grads += [(dcw if reverse else dcw.flip(-1)).contiguous().to(cw.dtype),
+                       du.new_empty(0) if cb is None else _per_weight(dcb, e).to(cb.dtype)]
+    return grads + conv_grads
 
 
 @torch.library.custom_op("mambamixer::selective_scan_projected_fwd", mutates_args=())
 def selective_scan_projected_fwd(
     z: torch.Tensor, u: torch.Tensor, A: torch.Tensor, Wx: torch.Tensor, wdt: torch.Tensor, D: torch.Tensor,
     bias: torch.Tensor, u_r: torch.Tensor, A_r: torch.Tensor, Wx_r: torch.Tensor, wdt_r: torch.Tensor,
-    D_r: torch.Tensor, bias_r: torch.Tensor, save_states: bool,
+    D_r: torch.Tensor, bias_r: torch.Tensor, cw: torch.Tensor | None, cb: torch.Tensor | None,
+    cw_r: torch.Tensor | None, cb_r: torch.Tensor | None, save_states: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`_projected_fwd` as a torch custom op, so `torch.compile` traces through the projected scan."""
-    return _projected_fwd(z, u, A, Wx, wdt, D, bias, u_r, A_r, Wx_r, wdt_r, D_r, bias_r, save_states)
+    return _projected_fwd(z, u, A, Wx, wdt, D, bias, u_r, A_r, Wx_r, wdt_r, D_r, bias_r, cw, cb, cw_r, cb_r,
+                          save_states)
 
 
 @selective_scan_projected_fwd.register_fake
-def _(z, u, A, Wx, wdt, D, bias, u_r, A_r, Wx_r, wdt_r, D_r, bias_r, save_states):
+def _(z, u, A, Wx, wdt, D, bias, u_r, A_r, Wx_r, wdt_r, D_r, bias_r, cw, cb, cw_r, cb_r, save_states):
     batch, dim, length = u.shape
     shape = (batch, dim, _n_chunks(length, PROJ_CHUNK), A.shape[1]) if save_states else (0,)
     return u.new_empty(u.shape), u.new_empty(shape, dtype=torch.float32), u.new_empty(shape, dtype=torch.float32)
@@ -432,15 +464,23 @@ def selective_scan_projected_bwd(
     dout: torch.Tensor, states: torch.Tensor, states_rev: torch.Tensor, z: torch.Tensor,
     u: torch.Tensor, A: torch.Tensor, Wx: torch.Tensor, wdt: torch.Tensor, D: torch.Tensor, bias: torch.Tensor,
     u_r: torch.Tensor, A_r: torch.Tensor, Wx_r: torch.Tensor, wdt_r: torch.Tensor, D_r: torch.Tensor,
-    bias_r: torch.Tensor,
+    bias_r: torch.Tensor, cw: torch.Tensor | None, cb: torch.Tensor | None, cw_r: torch.Tensor | None,
+    cb_r: torch.Tensor | None,
 ) -> list[torch.Tensor]:
     """`_projected_bwd` as a torch custom op."""
-    return _projected_bwd(dout, states, states_rev, z, u, A, Wx, wdt, D, bias, u_r, A_r, Wx_r, wdt_r, D_r, bias_r)
+    return _projected_bwd(dout, states, states_rev, z, u, A, Wx, wdt, D, bias, u_r, A_r, Wx_r, wdt_r, D_r, bias_r,
+                          cw, cb, cw_r, cb_r)
 
 
 @selective_scan_projected_bwd.register_fake
 def _(dout, states, states_rev, z, *inputs):
-    return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (z, *inputs)]
+    return [dout.new_empty(0) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
+            for t in (z, *inputs)]
+
+
+def _present(grads, inputs):
+    """The backward op's gradients with None for the absent (None) inputs."""
+    return [None if t is None else g for g, t in zip(grads, inputs)]
 
 
 def _projected_setup_context(ctx, inputs, output):
@@ -452,7 +492,8 @@ def _projected_backward(ctx, dout, _dstates, _dstates_rev):
     if states.numel() == 0:
         raise RuntimeError("selective_scan_projected: the forward ran without saving states for backward "
                            "(its inputs did not require grad when it ran)")
-    return (*selective_scan_projected_bwd(dout, states, states_rev, z, *inputs), None)
+    grads = selective_scan_projected_bwd(dout, states, states_rev, z, *inputs)
+    return (*_present(grads, (z, *inputs)), None)
 
 
 selective_scan_projected_fwd.register_autograd(_projected_backward, setup_context=_projected_setup_context)
@@ -471,17 +512,18 @@ class _ProjectedScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         z, *inputs, states, states_rev = ctx.saved_tensors
-        return tuple(_projected_bwd(dout, states, states_rev, z, *inputs))
+        return tuple(_present(_projected_bwd(dout, states, states_rev, z, *inputs), (z, *inputs)))
 
 
-def selective_scan_projected_triton(forward, backward, z):
+def selective_scan_projected_triton(forward, backward, z, conv=(None, None, None, None)):
     """`selective_scan_projected_bidirectional_fn` through the kernels' PROJ mode (e a power of two):
-    `forward` and `backward` are (u, A, x_weight, dt_weight, dt_bias, D). Under torch.compile through the
-    custom op, otherwise the autograd Function."""
+    `forward` and `backward` are (u, A, x_weight, dt_weight, dt_bias, D); `conv` the forward direction's
+    conv weight (e, K <= 4) and bias, then the backward direction's (all None: no conv). Under
+    torch.compile through the custom op, otherwise the autograd Function."""
     _check_row_scratch(forward[0], forward[1])
     (u, A, Wx, wdt, bias, D), (u_r, A_r, Wx_r, wdt_r, bias_r, D_r) = forward, backward
-    inputs = (z, u, A, Wx, wdt, D, bias, u_r, A_r, Wx_r, wdt_r, D_r, bias_r)
+    inputs = (z, u, A, Wx, wdt, D, bias, u_r, A_r, Wx_r, wdt_r, D_r, bias_r, *conv)
     if torch.compiler.is_compiling():
-        save = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+        save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
         return selective_scan_projected_fwd(*inputs, save)[0]
     return _ProjectedScan.apply(*inputs)
