@@ -62,8 +62,8 @@ def proj_config(groups: int, backward: bool) -> tuple[int, int]:
 
 def _config(u, A, B, C, B_rev, C_rev, proj, backward=False):
     """(BLOCK_D, BLOCK_N, CHUNK, num_warps, E): `block_sizes` and E = 1, or with the projection weights
-    (Wx, w_dt) `proj_config`'s groups of E = e channels per program."""
-    if proj is not None:  # (Wx, w_dt, conv weight, conv bias)
+    (Wx, w_dt, conv weight, conv bias) `proj_config`'s groups of E = e channels per program."""
+    if proj is not None:
         e = proj[0].shape[1]
         per_program, warps = proj_config(u.shape[0] * u.shape[1] // e, backward)
         return e * per_program, triton.next_power_of_2(A.shape[1]), PROJ_CHUNK, warps, e
