@@ -195,6 +195,22 @@ def test_bad_input_names_the_argument(name, value, message):
         selective_scan_projected_bidirectional_fn(fwd["u"], *[(fwd[k], fwd[k]) for k in NAMES[1:]], z=z)
 
 
+@pytest.mark.parametrize("conv,message", [
+    (dict(conv_weight=(torch.zeros(3, 4), torch.zeros(3, 4))),
+     r"forward direction: conv_weight: expected shape \(e, K\)"),
+    (dict(conv_weight=(torch.zeros(2, 0), torch.zeros(2, 0))), "conv_weight: expected at least one tap"),
+    (dict(conv_weight=(torch.zeros(2, 4), None)), "conv_weight: expected a conv in both directions or in neither"),
+    (dict(conv_bias=(torch.zeros(2), torch.zeros(2))), "conv_bias: given without conv_weight"),
+    (dict(conv_weight=(torch.zeros(2, 4), torch.zeros(2, 4)), conv_bias=(torch.zeros(2), torch.zeros(3))),
+     r"backward direction: conv_bias: expected shape \(e,\)"),
+])
+def test_bad_conv_names_the_argument(conv, message):
+    fwd, bwd, z = inputs()
+    with pytest.raises(ValueError, match=message):
+        call(fwd, bwd, z, backend="torch", **{k: tuple(t if t is None else t.double() for t in v)
+                                               for k, v in conv.items()})
+
+
 def test_kernels_under_torch_compile():
     """torch.compile traces the Triton path's custom ops in one graph (with the conv, as the channel mixer
     calls it); same values and gradients."""
