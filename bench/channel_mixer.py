@@ -8,8 +8,8 @@ Checks first (float32, against the float64 PyTorch path): the op's output and ev
 at vim2_tiny's four stage shapes (batch 64, 224 px: tokens x channels 3136 x 96 ... 49 x 768; e = 2,
 N = 16), u and z in bf16 under bf16 autocast as in training, forward and forward+backward (gradients of u,
 z and every weight), both paths, median of `do_bench_cudagraph`. Prints a table and writes
-DIR/channel_mixer.json. --sweep instead times the projected op alone for each (token groups per program,
-warps) at each shape, then the launcher's picks at each CHUNK (steps between saved states), and writes
+DIR/channel_mixer.json. --sweep instead times the projected op alone for each count of token groups per
+program at each shape, then the launcher's pick at each CHUNK (steps between saved states), and writes
 DIR/channel_mixer_sweep.json.
 """
 
@@ -30,8 +30,8 @@ from mambamixer.mixer import ChannelWiseSelectiveMixer
 
 NAMES = ("u", "A", "x_weight", "dt_weight", "dt_bias", "D")
 SHAPES = [(64, 3136, 96), (64, 784, 192), (64, 196, 384), (64, 49, 768)]
-CHUNKS = [16, 32, 64]
-SWEEP = [(1, 1), (2, 1), (4, 1), (8, 1), (16, 1), (4, 2), (8, 2), (16, 2), (32, 2), (16, 4), (32, 4)]
+CHUNKS = [16, 32]
+SWEEP = [4, 8, 16, 32]
 
 
 def direction(batch, tokens, channels, e, n, dtype, g):
@@ -125,23 +125,19 @@ def time_shape(batch, tokens, channels):
 
 
 def sweep(out_dir):
-    """Forward and forward+backward ms of the projected op per (groups per program, warps) and shape, the
-    same configuration for both kernels; the launcher's picks (`proj_config`) last."""
-    picked, chunk = triton_op.proj_config, triton_op.PROJ_CHUNK
+    """Forward and forward+backward ms of the projected op per (groups per program) and shape, the same
+    count for both kernels; the launcher's pick (`PROJ_GROUPS`) at each CHUNK last."""
+    picked, chunk = triton_op.PROJ_GROUPS, triton_op.PROJ_CHUNK
     rows = []
-    print("| batch, tokens, channels | groups per program, warps | fwd ms | fwd+bwd ms |")
+    print("| batch, tokens, channels | groups per program | fwd ms | fwd+bwd ms |")
     for shape in SHAPES:
         fwd, both = timers(*shape)["projected"]
-        groups = shape[0] * shape[1]
-        for config, steps in [*((c, chunk) for c in SWEEP), *((None, c) for c in CHUNKS)]:
-            triton_op.proj_config = picked if config is None else lambda *_, config=config: config
-            triton_op.PROJ_CHUNK = steps
-            label = "picked: fwd {}, bwd {}".format(*(picked(groups, b) for b in (False, True))) if config is None \
-                else "{}, {}".format(*config)
-            row = dict(shape=shape, config=label, chunk=steps, fwd_ms=bench(fwd), fwd_bwd_ms=bench(both))
+        for groups, steps in [*((g, chunk) for g in SWEEP), *((picked, c) for c in CHUNKS)]:
+            triton_op.PROJ_GROUPS, triton_op.PROJ_CHUNK = groups, steps
+            row = dict(shape=shape, groups=groups, chunk=steps, fwd_ms=bench(fwd), fwd_bwd_ms=bench(both))
             rows.append(row)
-            print(f"| {shape} | {label}, CHUNK {steps} | {row['fwd_ms']:.3f} | {row['fwd_bwd_ms']:.3f} |", flush=True)
-        triton_op.proj_config, triton_op.PROJ_CHUNK = picked, chunk
+            print(f"| {shape} | {groups}, CHUNK {steps} | {row['fwd_ms']:.3f} | {row['fwd_bwd_ms']:.3f} |", flush=True)
+        triton_op.PROJ_GROUPS, triton_op.PROJ_CHUNK = picked, chunk
     result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__, rows=rows)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "channel_mixer_sweep.json"), "w") as f:

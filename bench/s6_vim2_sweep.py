@@ -26,7 +26,7 @@ from mambamixer.kernels.selective_scan import triton_op
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 SHAPES = [(64, 192, 3136), (64, 384, 784), (64, 768, 196), (64, 1536, 49)]
-CONFIGS = [(4, 32, 1), (8, 32, 1), (16, 32, 1), (16, 32, 2), (32, 32, 2), (8, 16, 1), (8, 64, 1), (16, 16, 1)]
+CONFIGS = [(8, 32, 1), (16, 32, 1), (32, 32, 1), (32, 16, 1), (32, 64, 1), (64, 32, 2)]
 
 
 def direction(batch, dim, length, n, g):

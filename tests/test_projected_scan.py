@@ -142,17 +142,12 @@ def test_torch_path_with_conv_matches_recurrence(length, e):
     assert rel_err(call(fwd, bwd, z, backend="torch"), by_recurrence(fwd, bwd, z)) < 1e-12
 
 
-@pytest.mark.parametrize("fwd_groups,bwd_groups,e,groups", [(1, 2, 2, 5), (16, 1, 4, 3), (2, 8, 2, 11)])
-def test_kernels_with_any_groups_per_program(monkeypatch, fwd_groups, bwd_groups, e, groups):
+@pytest.mark.parametrize("per_program,e,groups", [(1, 2, 5), (16, 4, 3), (2, 2, 11)])
+def test_kernels_with_any_groups_per_program(monkeypatch, per_program, e, groups):
     """Programs owning one or several groups (each summing B, C and delta over its own e rows; the last
-    program partly filled), the forward and backward kernels configured differently."""
-    monkeypatch.setattr(triton_op, "proj_config", lambda _, backward: (bwd_groups if backward else fwd_groups, 1))
+    program partly filled)."""
+    monkeypatch.setattr(triton_op, "PROJ_GROUPS", per_program)
     check_kernels_with_every_gradient(*inputs(e=e, n=5, groups=groups, length=40, seed=3 * groups))
-
-
-def test_groups_per_program_by_problem_size():
-    assert [triton_op.proj_config(g, False)[0] for g in (3, 8191, 8192, 200704)] == [4, 4, 16, 16]
-    assert [triton_op.proj_config(g, True)[0] for g in (3, 32767, 32768, 200704)] == [4, 4, 8, 8]
 
 
 def test_kernels_across_launch_slices(monkeypatch):

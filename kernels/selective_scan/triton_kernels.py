@@ -1,8 +1,12 @@
 """Triton kernels of the Mamba-1 selective scan: forward and backward, one or two directions per launch.
 
-One program owns BLOCK_D channels of one sequence and keeps their (BLOCK_D, N) state in registers while
-it walks the L steps one at a time: each step loads u, delta, z of its channels and one column of B and C,
-updates h = exp(delta A) h + delta u B, and writes <h, C> + D u gated by silu(z). Measured on an H100
+One program owns BLOCK_D channels of one sequence and keeps their state in registers as an (N, BLOCK_D)
+tile while it walks the L steps one at a time: each step loads u, delta, z of its channels and one column
+of B and C, updates h = exp(delta A) h + delta u B, and writes <h, C> + D u gated by silu(z). The tile is
+(N, BLOCK_D), channels last, because Triton spreads a tile's last axis over a warp's lanes first: with 32
+channels and one warp, each lane holds all N states of one channel, so <h, C> is summed inside the thread
+and each channel's scalar work (softplus, gate, loads) is done once rather than on every lane of its
+states; A is passed with its channels adjacent so that its load takes the same layout. Measured on an H100
 this beats a tiled log-depth scan (`tl.associative_scan`) at the lengths our models run (L up to a few
 hundred): Triton spreads a tile's time axis over lanes, so the scan costs shuffles on every element,
 while the step loop costs one exp2 and two FMAs per state and step. Every loop issues the next step's
@@ -47,10 +51,11 @@ def _softplus(x):
 
 @triton.jit
 def _group_sum(x, E: tl.constexpr, BLOCK_D: tl.constexpr):
-    """x (BLOCK_D, K) summed over each group of E consecutive rows, the sum given back on every row of it."""
-    K: tl.constexpr = x.shape[1]
-    s = tl.sum(tl.reshape(x, (BLOCK_D // E, E, K)), axis=1, keep_dims=True)
-    return tl.reshape(tl.broadcast_to(s, (BLOCK_D // E, E, K)), (BLOCK_D, K))
+    """x (K, BLOCK_D) summed over each group of E consecutive columns, the sum given back on every column of
+    it."""
+    K: tl.constexpr = x.shape[0]
+    s = tl.sum(tl.reshape(x, (K, BLOCK_D // E, E)), axis=2, keep_dims=True)
+    return tl.reshape(tl.broadcast_to(s, (K, BLOCK_D // E, E)), (K, BLOCK_D))
 
 
 @triton.jit
@@ -87,20 +92,20 @@ def _load_channel_params(bias_ptr, D_ptr, offs_d, mask_d, HAS_BIAS: tl.constexpr
 @triton.jit
 def _load_projection(Wx_ptr, wdt_ptr, N, offs_n, mask_n, PROJ: tl.constexpr, E: tl.constexpr,
                      BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
-    """W_r, w_dt (BLOCK_D,) and W_B, W_C as (BLOCK_D, BLOCK_N) [channel, state] for each channel's place in
+    """W_r, w_dt (BLOCK_D,) and W_B, W_C as (BLOCK_N, BLOCK_D) [state, channel] for each channel's place in
     its group, float32; zeros unless PROJ. Wx: contiguous (1 + 2N, E); wdt: (E,)."""
     offs_j = tl.arange(0, BLOCK_D) % E
     if PROJ:
         Wr = tl.load(Wx_ptr + offs_j).to(tl.float32)
         wdt = tl.load(wdt_ptr + offs_j).to(tl.float32)
-        rows = (1 + offs_n[None, :]) * E + offs_j[:, None]
-        WB = tl.load(Wx_ptr + rows, mask=mask_n[None, :], other=0.0).to(tl.float32)
-        WC = tl.load(Wx_ptr + rows + N * E, mask=mask_n[None, :], other=0.0).to(tl.float32)
+        rows = (1 + offs_n[:, None]) * E + offs_j[None, :]
+        WB = tl.load(Wx_ptr + rows, mask=mask_n[:, None], other=0.0).to(tl.float32)
+        WC = tl.load(Wx_ptr + rows + N * E, mask=mask_n[:, None], other=0.0).to(tl.float32)
     else:
         Wr = tl.zeros((BLOCK_D,), dtype=tl.float32)
         wdt = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        WB = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-        WC = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+        WB = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+        WC = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     return Wr, wdt, WB, WC
 
 
@@ -155,32 +160,32 @@ def _step_position(i, L, H, REVERSE: tl.constexpr, COLS: tl.constexpr):
 def _load_step(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, t, mask_d, mask_n, valid, PROJ: tl.constexpr,
                BLOCK_N: tl.constexpr):
     """The loads of step t, float32, zero where masked: u_t, and (unless PROJ, which projects them from u)
-    delta_t before the bias and B_t as (1, BLOCK_N). The loops issue them a step ahead of their use."""
+    delta_t before the bias and B_t as (BLOCK_N, 1). The loops issue them a step ahead of their use."""
     u = tl.load(u_ptr + t * su_t, mask=mask_d & valid, other=0.0).to(tl.float32)
     if PROJ:
         dl = u
-        Bt = tl.zeros((1, BLOCK_N), dtype=tl.float32)
+        Bt = tl.zeros((BLOCK_N, 1), dtype=tl.float32)
     else:
         dl = tl.load(dl_ptr + t * sdl_t, mask=mask_d & valid, other=0.0).to(tl.float32)
-        Bt = tl.load(B_ptr + t * sB_t, mask=mask_n & valid, other=0.0).to(tl.float32)[None, :]
+        Bt = tl.load(B_ptr + t * sB_t, mask=mask_n & valid, other=0.0).to(tl.float32)[:, None]
     return u, dl, Bt
 
 
 @triton.jit
 def _load_C(C_ptr, sC_t, t, mask_n, valid, PROJ: tl.constexpr, BLOCK_N: tl.constexpr):
-    """C_t as (1, BLOCK_N) float32 (zeros with PROJ)."""
+    """C_t as (BLOCK_N, 1) float32 (zeros with PROJ)."""
     if PROJ:
-        Ct = tl.zeros((1, BLOCK_N), dtype=tl.float32)
+        Ct = tl.zeros((BLOCK_N, 1), dtype=tl.float32)
     else:
-        Ct = tl.load(C_ptr + t * sC_t, mask=mask_n & valid, other=0.0).to(tl.float32)[None, :]
+        Ct = tl.load(C_ptr + t * sC_t, mask=mask_n & valid, other=0.0).to(tl.float32)[:, None]
     return Ct
 
 
 @triton.jit
 def _C_values(u, Ct, WC, PROJ: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr):
-    """C_t: as loaded, or with PROJ W_C u_t of each channel's group, (BLOCK_D, BLOCK_N)."""
+    """C_t: as loaded, or with PROJ W_C u_t of each channel's group, (BLOCK_N, BLOCK_D)."""
     if PROJ:
-        Ct = _group_sum(u[:, None] * WC, E, BLOCK_D)
+        Ct = _group_sum(u[None, :] * WC, E, BLOCK_D)
     return Ct
 
 
@@ -192,7 +197,7 @@ def _step_values(u, dl, Bt, bias, Wr, wdt, WB, mask_d, valid, HAS_BIAS: tl.const
     if PROJ:
         r = _group_sum_1d(u * Wr, E, BLOCK_D)
         dl = wdt * r
-        Bt = _group_sum(u[:, None] * WB, E, BLOCK_D)
+        Bt = _group_sum(u[None, :] * WB, E, BLOCK_D)
     else:
         r = 0.0
     if HAS_BIAS:
@@ -222,7 +227,7 @@ def _scan_fwd_direction(
     COLS: tl.constexpr, PROJ: tl.constexpr, CONV: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    """One direction's forward. states: (batch, dim, n_chunks, N) float32, the state before each CHUNK
+    """One direction's forward. states: (batch, n_chunks, N, dim) float32, the state before each CHUNK
     steps in scan order; last: (batch, dim, N) float32, the state after the last step. With PROJ, A, D and
     delta_bias are (E, ...): one row per place in a group; with CONV, u goes through the conv and SiLU
     first. With COLS the L = H * W positions are a row-major grid scanned column by column (`_position`);
@@ -230,9 +235,9 @@ def _scan_fwd_direction(
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     mask_d, mask_n = offs_d < dim, offs_n < N
-    mask_dn = mask_d[:, None] & mask_n[None, :]
+    mask_dn = mask_d[None, :] & mask_n[:, None]
     offs_p = _param_rows(offs_d, PROJ, E, BLOCK_D)
-    A2 = tl.load(A_ptr + offs_p[:, None] * sA_d + offs_n[None, :] * sA_n, mask=mask_dn, other=0.0).to(tl.float32)
+    A2 = tl.load(A_ptr + offs_p[None, :] * sA_d + offs_n[:, None] * sA_n, mask=mask_dn, other=0.0).to(tl.float32)
     A2 = A2 * 1.4426950408889634  # exp(dt A) = exp2(dt A log2 e)
     bias, Dv = _load_channel_params(bias_ptr, D_ptr, offs_p, mask_d, HAS_BIAS, HAS_D, BLOCK_D)
     Wr, wdt, WB, WC = _load_projection(Wx_ptr, wdt_ptr, N, offs_n, mask_n, PROJ, E, BLOCK_D, BLOCK_N)
@@ -250,8 +255,8 @@ def _scan_fwd_direction(
     dl_ptr += pid_b * sdl_b + offs_d * sdl_d
     z_ptr += pid_b * sz_b + offs_d * sz_d
     out_ptr += pid_b * so_b + offs_d * so_d
-    state_offs = (pid_b * dim + offs_d[:, None]) * n_chunks * N + offs_n[None, :]
-    h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    state_offs = (pid_b * n_chunks * N + offs_n[:, None]) * dim + offs_d[None, :]
+    h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     t_n = _step_position(0, L, H, REVERSE, COLS)
     u_n, dl_n, B_n = _load_step(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, t_n, mask_d, mask_n, True, PROJ, BLOCK_N)
     C_n = _load_C(C_ptr, sC_t, t_n, mask_n, True, PROJ, BLOCK_N)
@@ -273,7 +278,7 @@ def _scan_fwd_direction(
         if ACCUMULATE:
             o_n = tl.load(out_ptr + t_n * so_t, mask=mask_d & more, other=0.0).to(tl.float32)
         if SAVE_STATES:
-            tl.store(states_ptr + state_offs + (i // CHUNK) * N, h, mask=mask_dn & (i % CHUNK == 0))
+            tl.store(states_ptr + state_offs + (i // CHUNK) * N * dim, h, mask=mask_dn & (i % CHUNK == 0))
         if CONV:
             pre = cb + cw0 * u + cw1 * x1 + cw2 * x2 + cw3 * x3
             x3 = x2
@@ -282,8 +287,8 @@ def _scan_fwd_direction(
             u = tl.where(mask_d, pre * tl.sigmoid(pre), 0.0)
         dl, dt, Bt, r = _step_values(u, dl, Bt, bias, Wr, wdt, WB, mask_d, True, HAS_BIAS, SOFTPLUS, PROJ, E, BLOCK_D)
         Ct = _C_values(u, Ct, WC, PROJ, E, BLOCK_D)
-        h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt
-        y = tl.sum(h * Ct, axis=1)
+        h = tl.exp2(dt[None, :] * A2) * h + (dt * u)[None, :] * Bt
+        y = tl.sum(h * Ct, axis=0)
         if HAS_D:
             y += Dv * u
         if ACCUMULATE:
@@ -292,7 +297,7 @@ def _scan_fwd_direction(
             y = y * zt * tl.sigmoid(zt)
         tl.store(out_ptr + t * so_t, y.to(out_ptr.dtype.element_ty), mask=mask_d)
     if STORE_LAST:
-        tl.store(last_ptr + (pid_b * dim + offs_d[:, None]) * N + offs_n[None, :], h, mask=mask_dn)
+        tl.store(last_ptr + (pid_b * dim + offs_d[None, :]) * N + offs_n[:, None], h, mask=mask_dn)
 
 
 @triton.jit
@@ -326,9 +331,9 @@ def _scan_bwd_direction(
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     mask_d, mask_n = offs_d < dim, offs_n < N
-    mask_dn = mask_d[:, None] & mask_n[None, :]
+    mask_dn = mask_d[None, :] & mask_n[:, None]
     offs_p = _param_rows(offs_d, PROJ, E, BLOCK_D)
-    A = tl.load(A_ptr + offs_p[:, None] * sA_d + offs_n[None, :] * sA_n, mask=mask_dn, other=0.0).to(tl.float32)
+    A = tl.load(A_ptr + offs_p[None, :] * sA_d + offs_n[:, None] * sA_n, mask=mask_dn, other=0.0).to(tl.float32)
     A2 = A * 1.4426950408889634
     bias, Dv = _load_channel_params(bias_ptr, D_ptr, offs_p, mask_d, HAS_BIAS, HAS_D, BLOCK_D)
     Wr, wdt, WB, WC = _load_projection(Wx_ptr, wdt_ptr, N, offs_n, mask_n, PROJ, E, BLOCK_D, BLOCK_N)
@@ -347,7 +352,7 @@ def _scan_bwd_direction(
     dl_ptr += pid_b * sdl_b + offs_d * sdl_d
     z_ptr += pid_b * sz_b + offs_d * sz_d
     dout_ptr += pid_b * sdo_b + offs_d * sdo_d
-    state_offs = (pid_b * dim + offs_d[:, None]) * n_chunks * N + offs_n[None, :]
+    state_offs = (pid_b * n_chunks * N + offs_n[:, None]) * dim + offs_d[None, :]
     base = (pid_b * tl.num_programs(0) + pid_d) * CHUNK * BLOCK_D
     if CONV:  # the chunk's conv outputs (before SiLU) follow its states
         base = base * (BLOCK_N + 1)
@@ -355,16 +360,16 @@ def _scan_bwd_direction(
     else:
         base = base * BLOCK_N
         pre_ptr = scratch_ptr
-    scratch_ptr += base + tl.arange(0, BLOCK_D)[:, None] * BLOCK_N + offs_n[None, :]
-    g = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    a_next = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    scratch_ptr += base + offs_n[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
+    g = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    a_next = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dA_acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dWr_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dwdt_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    dWB_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    dWC_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    dWB_acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dWC_acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     # The conv's inputs one, two and three steps back, and its outputs' gradients one, two and three steps
     # ahead: each its own tensor (see `_scan_fwd_direction`).
     x1 = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -381,7 +386,7 @@ def _scan_bwd_direction(
     for j in range(n_chunks):
         c = n_chunks - 1 - j
         # Recompute the chunk's states from the one saved at its start (loads issued a step ahead).
-        h = tl.load(states_ptr + state_offs + c * N, mask=mask_dn, other=0.0)
+        h = tl.load(states_ptr + state_offs + c * N * dim, mask=mask_dn, other=0.0)
         if CONV:
             x1 = _load_input(u_ptr, su_t, c * CHUNK - 1, L, H, mask_d, REVERSE, COLS)
             x2 = _load_input(u_ptr, su_t, c * CHUNK - 2, L, H, mask_d, REVERSE, COLS)
@@ -404,7 +409,7 @@ def _scan_bwd_direction(
                 u = tl.where(mask_d, pre * tl.sigmoid(pre), 0.0)
             dl, dt, Bt, r = _step_values(u, dl, Bt, bias, Wr, wdt, WB, mask_d, i < L, HAS_BIAS, SOFTPLUS, PROJ, E,
                                          BLOCK_D)
-            h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt
+            h = tl.exp2(dt[None, :] * A2) * h + (dt * u)[None, :] * Bt
             tl.store(scratch_ptr + k * BLOCK_D * BLOCK_N, h)
         tl.debug_barrier()
         # Back through the chunk, last step first, again loading a step ahead.
@@ -452,7 +457,7 @@ def _scan_bwd_direction(
             Ct = _C_values(u, Ct, WC, PROJ, E, BLOCK_D)
             if GATE:
                 sig = tl.sigmoid(zt)
-                y = tl.sum(h * Ct, axis=1)
+                y = tl.sum(h * Ct, axis=0)
                 if HAS_D:
                     y += Dv * u
                 dz = dout * y * sig * (1.0 + zt * (1.0 - sig))
@@ -463,15 +468,15 @@ def _scan_bwd_direction(
             else:
                 dy = dout
             # Adjoint: g_t = C_t dy_t + a_next g_next, with a_next the decay of the step after t in scan order.
-            g = a_next * g + Ct * dy[:, None]
-            a = tl.exp2(dt[:, None] * A2)
+            g = a_next * g + Ct * dy[None, :]
+            a = tl.exp2(dt[None, :] * A2)
             a_next = a
             dtu = dt * u
             # d(dt A)_t = g_t a_t h_{t-1} = g_t (h_t - dt_t u_t B_t).
-            ddA = g * (h - dtu[:, None] * Bt)
-            dA_acc += ddA * dt[:, None]
-            gB = tl.sum(g * Bt, axis=1)
-            ddt = tl.sum(ddA * A, axis=1) + gB * u
+            ddA = g * (h - dtu[None, :] * Bt)
+            dA_acc += ddA * dt[None, :]
+            gB = tl.sum(g * Bt, axis=0)
+            ddt = tl.sum(ddA * A, axis=0) + gB * u
             du = gB * dt
             if HAS_D:
                 du += Dv * dy
@@ -481,17 +486,17 @@ def _scan_bwd_direction(
             ddt = tl.where(mask_d & valid, ddt, 0.0)
             dbias_acc += ddt
             if PROJ:  # back through delta = w_dt <W_r, u> + bias, B = W_B u, C = W_C u, per group
-                dBt = _group_sum(g * dtu[:, None], E, BLOCK_D)
-                dCt = _group_sum(h * dy[:, None], E, BLOCK_D)
+                dBt = _group_sum(g * dtu[None, :], E, BLOCK_D)
+                dCt = _group_sum(h * dy[None, :], E, BLOCK_D)
                 dr = _group_sum_1d(ddt * wdt, E, BLOCK_D)
-                du += tl.sum(WB * dBt, axis=1) + tl.sum(WC * dCt, axis=1) + dr * Wr
+                du += tl.sum(WB * dBt, axis=0) + tl.sum(WC * dCt, axis=0) + dr * Wr
                 dWr_acc += dr * u
                 dwdt_acc += ddt * r
-                dWB_acc += u[:, None] * dBt
-                dWC_acc += u[:, None] * dCt
+                dWB_acc += u[None, :] * dBt
+                dWC_acc += u[None, :] * dCt
             else:
-                dBt = tl.sum(g * dtu[:, None], axis=0)
-                dCt = tl.sum(h * dy[:, None], axis=0)
+                dBt = tl.sum(g * dtu[None, :], axis=1)
+                dCt = tl.sum(h * dy[None, :], axis=1)
                 tl.store(ddl_ptr + grad_offs + t * grad_t, ddt.to(ddl_ptr.dtype.element_ty), mask=mask_d & valid)
                 tl.atomic_add(dB_ptr + t * dbc_t, dBt, mask=mask_n & valid, sem="relaxed")
                 tl.atomic_add(dC_ptr + t * dbc_t, dCt, mask=mask_n & valid, sem="relaxed")
@@ -508,7 +513,7 @@ def _scan_bwd_direction(
                 p1 = dpre
             tl.store(du_ptr + grad_offs + t * grad_t, du.to(du_ptr.dtype.element_ty), mask=mask_d & valid)
         tl.debug_barrier()
-    tl.store(dA_ptr + (pid_b * dim + offs_d[:, None]) * N + offs_n[None, :], dA_acc, mask=mask_dn)
+    tl.store(dA_ptr + (pid_b * dim + offs_d[None, :]) * N + offs_n[:, None], dA_acc, mask=mask_dn)
     if HAS_D:
         tl.store(dD_ptr + pid_b * dim + offs_d, dD_acc, mask=mask_d)
     if HAS_BIAS:
@@ -516,8 +521,8 @@ def _scan_bwd_direction(
     if PROJ:
         w_offs = (pid_b * dim + offs_d) * (1 + 2 * N)
         tl.store(dWx_ptr + w_offs, dWr_acc, mask=mask_d)
-        tl.store(dWx_ptr + w_offs[:, None] + 1 + offs_n[None, :], dWB_acc, mask=mask_dn)
-        tl.store(dWx_ptr + w_offs[:, None] + 1 + N + offs_n[None, :], dWC_acc, mask=mask_dn)
+        tl.store(dWx_ptr + w_offs[None, :] + 1 + offs_n[:, None], dWB_acc, mask=mask_dn)
+        tl.store(dWx_ptr + w_offs[None, :] + 1 + N + offs_n[:, None], dWC_acc, mask=mask_dn)
         tl.store(dwdt_ptr + pid_b * dim + offs_d, dwdt_acc, mask=mask_d)
     if CONV:
         c_offs = (pid_b * dim + offs_d) * 4

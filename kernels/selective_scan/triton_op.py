@@ -24,7 +24,7 @@ def block_sizes(dim: int, length: int, n: int, dpgs: tuple[int, ...]) -> tuple[i
     BLOCK_D must divide every channels-per-group count of a grouped B or C (`dpgs`), so one program's
     channels share their B and C rows. CHUNK: steps between the states saved for the backward.
     """
-    block_d = 8
+    block_d = 32
     for dpg in dpgs:
         block_d = math.gcd(block_d, dpg & -dpg)
     block_n = triton.next_power_of_2(n)
@@ -41,6 +41,7 @@ def _direction(rows, u, delta, A, B, C, D, delta_bias, proj=None):
     u, delta = u[rows], delta[rows]
     B4 = (B if B.dim() == 4 else B.unsqueeze(1))[rows]
     C4 = (C if C.dim() == 4 else C.unsqueeze(1))[rows]
+    A = A.t().contiguous().t()  # channels adjacent, as the kernels hold the state (N, channels)
     return [u, *u.stride(), delta, *delta.stride(), A, *A.stride(),
             B4, *B4.stride(), dim // B4.shape[1], C4, *C4.stride(), dim // C4.shape[1],
             *[u if t is None else t for t in (D, delta_bias, *(proj or (None,) * 4))]]
@@ -49,24 +50,17 @@ def _direction(rows, u, delta, A, B, C, D, delta_bias, proj=None):
 PROJ_CHUNK = 32  # steps between the states the PROJ forward saves
 
 
-def proj_config(groups: int, backward: bool) -> tuple[int, int]:
-    """(groups of e channels per program, num_warps) of a PROJ launch over `groups` groups (batch x tokens).
-
-    From the H100 sweep in BENCHMARKS.md (more groups per program share each step's fixed cost, until too
-    few programs are left or, in the backward, the per-program scratch grows): the forward takes 16 per
-    program while that leaves at least 512 programs, the backward 8 while that leaves 4096; else 4.
-    """
-    per_program, min_programs = (8, 4096) if backward else (16, 512)
-    return (per_program if groups >= per_program * min_programs else 4), 1
+# Groups of e channels (tokens) per program of a PROJ launch, both kernels, one warp: the best of 4 to 32
+# at every stage shape of vim2_tiny in the H100 sweep recorded in BENCHMARKS.md.
+PROJ_GROUPS = 16
 
 
-def _config(u, A, B, C, B_rev, C_rev, proj, backward=False):
+def _config(u, A, B, C, B_rev, C_rev, proj):
     """(BLOCK_D, BLOCK_N, CHUNK, num_warps, E): `block_sizes` and E = 1, or with the projection weights
-    (Wx, w_dt, conv weight, conv bias) `proj_config`'s groups of E = e channels per program."""
+    (Wx, w_dt, conv weight, conv bias) PROJ_GROUPS groups of E = e channels per program."""
     if proj is not None:
         e = proj[0].shape[1]
-        per_program, warps = proj_config(u.shape[0] * u.shape[1] // e, backward)
-        return e * per_program, triton.next_power_of_2(A.shape[1]), PROJ_CHUNK, warps, e
+        return e * PROJ_GROUPS, triton.next_power_of_2(A.shape[1]), PROJ_CHUNK, 1, e
     return *block_sizes(u.shape[1], u.shape[2], A.shape[1], _dpgs(u.shape[1], B, C, B_rev, C_rev)), 1
 
 
@@ -138,7 +132,7 @@ def _device_of(t):
 def _launch_fwd(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev, z,
                 delta_softplus, reverse, save_states, cols=0, proj=None, proj_rev=None):
     """out (batch, dim, L) in u's dtype and layout (`_token_major`), last state (batch, dim, N) float32 (one
-    direction only; empty for a pair), and the states at chunk starts of each direction, (batch, dim, chunks, N) float32
+    direction only; empty for a pair), and the states at chunk starts of each direction, (batch, chunks, N, dim) float32
     (empty unless save_states). cols: 0, or H to scan the L = H * W positions, a row-major grid of H rows,
     column by column. proj, proj_rev: (Wx, w_dt, conv weight (E, 4) by lag or None, conv bias) of each
     direction for the kernels' PROJ mode, or None."""
@@ -149,7 +143,7 @@ def _launch_fwd(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev
     chunks = _n_chunks(length, chunk)
     out = _empty_scan_layout(u.shape, _token_major(u), dtype=u.dtype, device=u.device)
     last = torch.empty((0,) if bidir else (batch, dim, n), dtype=torch.float32, device=u.device)
-    states_shape = (batch, dim, chunks, n) if save_states else (0,)
+    states_shape = (batch, chunks, n, dim) if save_states else (0,)
     states = [torch.empty(states_shape, dtype=torch.float32, device=u.device) for _ in range(1 + bidir)]
     tensors = [u, delta, B, C, u_rev, delta_rev, B_rev, C_rev, z, out, *states]
     for rows in _row_slices(batch, _rows_for_32bit(tensors)):
@@ -188,7 +182,7 @@ def _(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D
     batch, dim, length = u.shape
     n = A.shape[1]
     _, _, chunk, _ = block_sizes(dim, length, n, _dpgs(dim, B, C, B_rev, C_rev))
-    states_shape = (batch, dim, _n_chunks(length, chunk), n) if save_states else (0,)
+    states_shape = (batch, _n_chunks(length, chunk), n, dim) if save_states else (0,)
     states = u.new_empty(states_shape, dtype=torch.float32)
     out = _empty_scan_layout(u.shape, _token_major(u), dtype=u.dtype, device=u.device)
     last = u.new_empty((0,) if u_rev is not None else (batch, dim, n), dtype=torch.float32)
@@ -234,7 +228,7 @@ def _launch_bwd_buffers(dout, states, states_rev, u, delta, A, B, C, D, delta_bi
     batch, dim, length = u.shape
     n = A.shape[1]
     bidir = u_rev is not None
-    block_d, block_n, chunk, warps, e = _config(u, A, B, C, B_rev, C_rev, proj, backward=True)
+    block_d, block_n, chunk, warps, e = _config(u, A, B, C, B_rev, C_rev, proj)
     programs = triton.cdiv(dim, block_d)
     g0 = _grad_buffers(u, delta, A, B, C, D, delta_bias, proj)
     g1 = _grad_buffers(u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev, proj_rev) if bidir else g0
@@ -455,7 +449,7 @@ def selective_scan_projected_fwd(
 @selective_scan_projected_fwd.register_fake
 def _(z, u, A, Wx, wdt, D, bias, u_r, A_r, Wx_r, wdt_r, D_r, bias_r, cw, cb, cw_r, cb_r, save_states):
     batch, dim, length = u.shape
-    shape = (batch, dim, _n_chunks(length, PROJ_CHUNK), A.shape[1]) if save_states else (0,)
+    shape = (batch, _n_chunks(length, PROJ_CHUNK), A.shape[1], dim) if save_states else (0,)
     return u.new_empty(u.shape), u.new_empty(shape, dtype=torch.float32), u.new_empty(shape, dtype=torch.float32)
 
 
