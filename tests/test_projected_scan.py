@@ -145,9 +145,10 @@ def test_torch_path_with_conv_matches_recurrence(length, e):
 @pytest.mark.parametrize("per_program,e,groups", [(1, 2, 5), (16, 4, 3), (2, 2, 11)])
 def test_kernels_with_any_groups_per_program(monkeypatch, per_program, e, groups):
     """Programs owning one or several groups (each summing B, C and delta over its own e rows; the last
-    program partly filled)."""
+    program partly filled), across three saved-state chunks."""
     monkeypatch.setattr(triton_op, "PROJ_GROUPS", per_program)
-    check_kernels_with_every_gradient(*inputs(e=e, n=5, groups=groups, length=40, seed=3 * groups))
+    monkeypatch.setattr(triton_op, "PROJ_CHUNK", 8)
+    check_kernels_with_every_gradient(*inputs(e=e, n=5, groups=groups, length=20, seed=3 * groups))
 
 
 def test_kernels_across_launch_slices(monkeypatch):

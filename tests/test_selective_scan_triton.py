@@ -231,11 +231,11 @@ def test_column_order_scans_the_grid_down_its_columns(small_blocks, height, widt
         assert rel_err(g_tri[name], g_ref[name]) < 1e-5, name
 
 
-@pytest.mark.parametrize("layout", ["channels", "tokens"])
-@pytest.mark.parametrize("cols", [0, 3])
+@pytest.mark.parametrize("layout,cols", [("channels", 0), ("tokens", 3)])
 def test_scan_custom_ops_pass_opcheck(layout, cols):
     """Schema, fake tensors (shapes and the layout-following strides) and autograd registration of
-    mambamixer::selective_scan_fwd / _bwd, fused pair, in row and column order."""
+    mambamixer::selective_scan_fwd / _bwd, fused pair: each layout once, one in row and one in column
+    order (the fake tensors do not depend on the order)."""
     pair = [as_float(s6_inputs(length=12, seed=seed)) for seed in (17, 18)]
     if layout == "tokens":
         pair = [{k: token_major(v) if k in SCAN_LAYOUT else v for k, v in d.items()} for d in pair]
