@@ -4,7 +4,8 @@ Each op has a sequential reference (`*_ref`, the test oracle), a fast PyTorch pa
 for streaming, and a checked entry point with a `backend` switch; the S6 scan also has Triton kernels
 (`backend="triton"`, picked by "auto" for CUDA tensors), a fused two-direction op and its variant with
 delta/B/C (and the conv before the scan) computed from u inside the kernels (ViM2's channel mixer). The
-PyTorch path of the depthwise conv before a scan is `depthwise_conv1d_silu`.
+PyTorch path of the depthwise conv before a scan is `depthwise_conv1d_silu`. `weighted_sum` (MambaMixer's
+weighted averaging of earlier outputs) has a multiply-add reference and Triton kernels.
 """
 
 from .conv import depthwise_conv1d_silu
@@ -16,6 +17,7 @@ from .selective_scan import (
     selective_state_update,
 )
 from .ssd import mamba_chunk_scan_combined, mamba_chunk_scan_ref, ssd_state_update
+from .weighted_sum import weighted_sum, weighted_sum_ref
 
 __all__ = [
     "depthwise_conv1d_silu",
@@ -27,4 +29,6 @@ __all__ = [
     "mamba_chunk_scan_combined",
     "mamba_chunk_scan_ref",
     "ssd_state_update",
+    "weighted_sum",
+    "weighted_sum_ref",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 
@@ -35,3 +36,9 @@ def resolve_backend(backend: str, x: torch.Tensor, has_kernel: bool, float64: bo
             raise ValueError(f"backend: 'triton' needs CUDA tensors (got {x.device}), or TRITON_INTERPRET=1 set "
                              "before import to run the kernels on the CPU")
     return backend
+
+
+def launch_device(t: torch.Tensor):
+    """A context that launches kernels on t's GPU (Triton launches on the current device); nothing for CPU
+    tensors (the interpreter)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()

@@ -6,21 +6,8 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath
 
+from ..kernels import weighted_sum
 from .mixers import SelectiveChannelMixer, SelectiveTokenMixer
-
-
-def _weighted_sum(weights: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
-    """sum_i weights[i] * outputs[i]; outputs: equally shaped tensors.
-
-    A chain of multiply-adds rather than a tensordot over the stacked outputs: no stacked copy, and the
-    backward is elementwise work instead of (k, 1) x (1, numel) GEMMs (vim2_tiny on an H100: 5 % faster
-    training steps, 18 % less peak memory).
-    """
-    weights = weights.to(outputs[0].dtype)
-    total = outputs[0] * weights[0]
-    for weight, output in zip(weights[1:], outputs[1:]):
-        total = torch.addcmul(total, output, weight)
-    return total
 
 
 class MambaMixerBlock(nn.Module):
@@ -34,14 +21,16 @@ class MambaMixerBlock(nn.Module):
         yChannel_l = x_ch + ChannelMixer(Norm(x_ch))
     The weights start as a plain sequential stack (beta_{l-1} = theta_l = 1, the rest 0), as DenseFormer
     starts from the ordinary residual stream, and learn from there. The mixers map (batch, L, dim) to itself.
+    Each combination is one `weighted_sum` (`backend` picks its op: on CUDA a Triton kernel that reads each
+    earlier output once).
     """
 
     def __init__(self, index: int, dim: int, token_mixer: nn.Module, channel_mixer: nn.Module,
-                 norm_layer=nn.LayerNorm, drop_path: float = 0.0):
+                 norm_layer=nn.LayerNorm, drop_path: float = 0.0, backend: str = "auto"):
         super().__init__()
         if index < 1:
             raise ValueError(f"index: blocks are numbered from 1, got {index}")
-        self.index = index
+        self.index, self.backend = index, backend
         self.token_norm, self.token_mixer = norm_layer(dim), token_mixer
         self.channel_norm, self.channel_mixer = norm_layer(dim), channel_mixer
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -64,10 +53,10 @@ class MambaMixerBlock(nn.Module):
         if len(tokens) != self.index or len(channels) != self.index:
             raise ValueError(f"tokens, channels: block {self.index} needs {self.index} earlier outputs of each, "
                              f"got {len(tokens)} and {len(channels)}")
-        x = _weighted_sum(self.alpha, tokens) + _weighted_sum(self.beta, channels)
+        x = weighted_sum(torch.cat([self.alpha, self.beta]), [*tokens, *channels], self.backend)
         stream = {} if token_state is None else {"state": token_state}
         y_token = x + self.drop_path(self.token_mixer(self.token_norm(x), **stream))
-        x = _weighted_sum(self.theta, [*tokens, y_token]) + _weighted_sum(self.gamma, channels)
+        x = weighted_sum(torch.cat([self.theta, self.gamma]), [*tokens, y_token, *channels], self.backend)
         y_channel = x + self.drop_path(self.channel_mixer(self.channel_norm(x)))
         return y_token, y_channel
 
@@ -101,7 +90,7 @@ class MambaMixer(nn.Module):
                 index + 1, dim,
                 SelectiveTokenMixer(dim, **(token_mixer or {})),
                 SelectiveChannelMixer(num_tokens, **(channel_mixer or {})),
-                norm_layer=norm_layer, drop_path=rates[index],
+                norm_layer=norm_layer, drop_path=rates[index], backend=(token_mixer or {}).get("backend", "auto"),
             )
             for index in range(depth)
         )

@@ -9,12 +9,12 @@ launchers without the custom-op dispatch.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 import triton
 
+from .._backend import launch_device
 from .triton_kernels import s6_bwd_kernel, s6_fwd_kernel
 
 
@@ -124,11 +124,6 @@ def _empty_scan_layout(shape, token_major, **kwargs):
     return torch.empty(shape, **kwargs)
 
 
-def _device_of(t):
-    """Launch on t's GPU (Triton launches on the current device); nothing to do for CPU tensors."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
 def _launch_fwd(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev, z,
                 delta_softplus, reverse, save_states, cols=0, proj=None, proj_rev=None):
     """out (batch, dim, L) in u's dtype and layout (`_token_major`), last state (batch, dim, N) float32 (one
@@ -152,7 +147,7 @@ def _launch_fwd(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev
             + [_rows(states[1], rows)] if bidir else dir0
         gate = [u, 0, 0, 0] if z is None else [z[rows], *z.stride()]
         o = out[rows]
-        with _device_of(u):
+        with launch_device(u):
             s6_fwd_kernel[(triton.cdiv(dim, block_d), o.shape[0])](
                 *dir0, *dir1, *gate, o, *o.stride(), o if bidir else last[rows], dim, length, n, chunks, max(cols, 1),
                 HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
@@ -249,7 +244,7 @@ def _launch_bwd_buffers(dout, states, states_rev, u, delta, A, B, C, D, delta_bi
             + [states_rev[rows]] + grads(g1, rows) if bidir else dir0
         gate = [u, 0, 0, 0] if z is None else [z[rows], *z.stride()]
         do = dout[rows]
-        with _device_of(u):
+        with launch_device(u):
             s6_bwd_kernel[(programs, do.shape[0])](
                 *dir0, *dir1, *gate, do, *do.stride(), dz[rows] if z is not None else u, scratch,
                 dim, length, n, _n_chunks(length, chunk), max(cols, 1),

@@ -53,7 +53,8 @@ class ViM2Stage(nn.Module):
         self.downsample = Downsample(in_dim, dim) if downsample else nn.Identity()
         self.blocks = nn.ModuleList(
             MambaMixerBlock(i + 1, dim, CrossScanSSM(dim, **token_mixer),
-                            ChannelWiseSelectiveMixer(dim, **channel_mixer), drop_path=drop_path[i])
+                            ChannelWiseSelectiveMixer(dim, **channel_mixer), drop_path=drop_path[i],
+                            backend=token_mixer.get("backend", "auto"))
             for i in range(depth)
         )
 
