@@ -11,7 +11,14 @@ import sys
 
 import torch
 
-from mambamixer.kernels import mamba_chunk_scan_combined, mamba_chunk_scan_ref, selective_scan_fn, selective_scan_ref
+from mambamixer.kernels import (
+    mamba_chunk_scan_combined,
+    mamba_chunk_scan_ref,
+    selective_scan_fn,
+    selective_scan_ref,
+    weighted_sum,
+    weighted_sum_ref,
+)
 from mambamixer.mixer import ChannelWiseSelectiveMixer, CrossScanSSM, MambaMixer, SelectiveSSM
 from mambamixer.tasks.forecasting.tsm2 import TSM2
 
@@ -26,6 +33,19 @@ def check(name: str, ok: bool, detail: str = "") -> None:
 
 def rel(a, b) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def weighted_sum_error(count: int, shape: tuple) -> float:
+    """The largest relative error of `weighted_sum` (float32, CUDA) against the float64 chain, over the
+    output and every gradient, for `count` random tensors of `shape`."""
+    weights = torch.randn(count, device="cuda", requires_grad=True)
+    tensors = [torch.randn(*shape, device="cuda", requires_grad=True) for _ in range(count)]
+    out = weighted_sum(weights, tensors)
+    grads = torch.autograd.grad(out.square().sum(), [weights, *tensors])
+    exact = [t.detach().double().requires_grad_(True) for t in (weights, *tensors)]
+    ref = weighted_sum_ref(exact[0], exact[1:])
+    ref_grads = torch.autograd.grad(ref.square().sum(), exact)
+    return max([rel(out, ref)] + [rel(g, r) for g, r in zip(grads, ref_grads)])
 
 
 def main() -> None:
@@ -105,6 +125,9 @@ def main() -> None:
         check(f"{cls.__name__} triton == torch (out and grads)", err < 1e-4, f"max rel err {err:.1e}")
         err = rel(torch.compile(layers["triton"])(x), ys["triton"].detach())
         check(f"{cls.__name__} torch.compile", err < 1e-4, f"rel err {err:.1e}")
+
+    err = weighted_sum_error(20, (4, 7, 7, 96))  # three launches
+    check("weighted_sum float32 vs float64 (out and grads)", err < 1e-5, f"max rel err {err:.1e}")
 
     model = MambaMixer(64, 49, depth=3, token_mixer=dict(ssm="ssd", headdim=32), drop_path=0.1).to(dev)
     with torch.autocast("cuda", dtype=torch.bfloat16):

@@ -19,7 +19,8 @@ batch 32 each (the same global batch and learning rate); prints both runs' per-e
 and their largest relative difference. Writes DIR/vision_ddp.json.
 profile: the throughput run's training step under torch.profiler; GPU kernel time per step by kind (the
 S6 scan kernels of both mixers, GEMMs, normalisation, optimizer, copies, elementwise work, the rest), and
-the training img/s the step would reach if the scan kernels took no time. Writes DIR/vision_profile.json.
+the training img/s the step would reach if the scan kernels took no time, and the 25 kernels that took the
+most time (ms and launches per step). Writes DIR/vision_profile.json.
 """
 
 from __future__ import annotations
@@ -146,6 +147,7 @@ def profile(args) -> list[dict]:
                     train_step()
                 torch.cuda.synchronize()
             kinds = dict.fromkeys([*KERNEL_KINDS, "other"], 0.0)
+            kernels = []
             for event in prof.key_averages():
                 us = getattr(event, "self_device_time_total", 0) or 0
                 if us <= 0:
@@ -153,11 +155,14 @@ def profile(args) -> list[dict]:
                 kernel = event.key.lower()
                 kind = next((k for k, keys in KERNEL_KINDS.items() if any(s in kernel for s in keys)), "other")
                 kinds[kind] += us / 1e3 / args.iters
+                kernels.append((us / 1e3 / args.iters, event.count // args.iters, event.key[:120]))
             busy = sum(kinds.values())
             row = {"model": name, "img_size": size, "batch": args.batch, "step_ms": round(1e3 * step_s, 1),
                    "kernel_ms": {k: round(v, 1) for k, v in kinds.items()}, "kernel_busy_ms": round(busy, 1),
                    "train_img_s": round(args.batch / step_s, 1),
-                   "train_img_s_without_scans": round(args.batch / (step_s - kinds["S6 scan kernels"] / 1e3), 1)}
+                   "train_img_s_without_scans": round(args.batch / (step_s - kinds["S6 scan kernels"] / 1e3), 1),
+                   "top_kernels": [{"ms": round(ms, 2), "calls": calls, "kernel": key}
+                                   for ms, calls, key in sorted(kernels, reverse=True)[:25]]}
             rows.append(row)
             print(json.dumps(row), flush=True)
             del model, train_step
