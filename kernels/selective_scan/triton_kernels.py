@@ -3,10 +3,12 @@
 One program owns BLOCK_D channels of one sequence and keeps their state in registers as an (N, BLOCK_D)
 tile while it walks the L steps one at a time: each step loads u, delta, z of its channels and one column
 of B and C, updates h = exp(delta A) h + delta u B, and writes <h, C> + D u gated by silu(z). The tile is
-(N, BLOCK_D), channels last, because Triton spreads a tile's last axis over a warp's lanes first: with 32
-channels and one warp, each lane holds all N states of one channel, so <h, C> is summed inside the thread
-and each channel's scalar work (softplus, gate, loads) is done once rather than on every lane of its
-states; A is passed with its channels adjacent so that its load takes the same layout. Measured on an H100
+(N, BLOCK_D), channels last: a token-major step's inputs are contiguous runs of channels, and Triton lays
+the tile out to load such runs with vector loads. At 32 channels on one warp each thread then holds 4
+channels x 4 states (8 lanes across the channels, 4 across the states; `bench/s6_sass.py` prints the
+layouts the compiler picks), so the per-step work that does not grow with the channels (B and C, loop
+and address arithmetic) is shared by 32 of them. A is passed with its channels adjacent so that its load
+takes the tile's layout. Measured on an H100
 this beats a tiled log-depth scan (`tl.associative_scan`) at the lengths our models run (L up to a few
 hundred): Triton spreads a tile's time axis over lanes, so the scan costs shuffles on every element,
 while the step loop costs one exp2 and two FMAs per state and step. Every loop issues the next step's
