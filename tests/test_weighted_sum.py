@@ -65,6 +65,11 @@ def test_bfloat16_rounds_once():
     assert torch.equal(out, exact.bfloat16())
 
 
+def test_empty_tensors():
+    weights, tensors = inputs(2, (0, 3), dtype=torch.float32)
+    assert weighted_sum(weights, tensors, backend="triton").shape == (0, 3)
+
+
 def test_auto_uses_the_chain_on_cpu(monkeypatch):
     monkeypatch.setattr(triton_op.WeightedSum, "apply", lambda *a: pytest.fail("the kernels ran on CPU"))
     weights, tensors = inputs(4, (2, 3), seed=3)

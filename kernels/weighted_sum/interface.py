@@ -38,11 +38,11 @@ def weighted_sum(weights: torch.Tensor, tensors: list[torch.Tensor], backend: st
     `backend`: "triton" (one read of each tensor and one write, accumulated in float32; CUDA tensors, or
     CPU tensors under TRITON_INTERPRET=1; not float64; non-contiguous tensors are copied first), "torch"
     (`weighted_sum_ref`, a chain of multiply-adds) or "auto" (Triton for CUDA tensors). Under
-    `torch.compile` every backend runs the chain, which the compiler fuses itself.
+    `torch.compile` every backend runs the chain, which the compiler fuses itself (as do empty tensors).
     """
     check_weighted_sum_args(weights, tensors)
     float64 = any(t.dtype == torch.float64 for t in (weights, *tensors))
     use_kernels = resolve_backend(backend, tensors[0], has_kernel=True, float64=float64) == "triton"
-    if use_kernels and not torch.compiler.is_compiling():
+    if use_kernels and tensors[0].numel() and not torch.compiler.is_compiling():
         return WeightedSum.apply(weights, *(t.contiguous() for t in tensors))
     return weighted_sum_ref(weights, list(tensors))
