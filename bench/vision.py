@@ -1,16 +1,19 @@
 """ViM2 image benchmarks on one GPU: throughput next to timm's references, and digits accuracy by train.py.
 
     python bench/vision.py throughput --out DIR [--models vim2_tiny,...] [--sizes 224,512] [--batch 256]
-                                      [--compile]
+                                      [--compile] [--ssm s6|ssd]
     python bench/vision.py digits --out DIR [train.py overrides ...]
     python bench/vision.py ddp --out DIR          # on a machine with two GPUs
     python bench/vision.py profile --out DIR [--models vim2_tiny,...] [--sizes 224,...] [--batch 256]
+                                   [--ssm s6|ssd]
 
 throughput: bf16 autocast, channels-last inputs, in one process: training img/s (forward, backward, AdamW
 step) and inference img/s (forward under no_grad) from CUDA-event timing after warmup, and the peak GPU
 memory of the training loop. A model that does not fit at the batch is retried at half the batch (the
 table says which batch ran). --compile wraps each model in `torch.compile` (default inductor; compile time
-is spent in the warmup and not timed). Writes DIR/vision_throughput.json (vision_throughput_compiled.json).
+is spent in the warmup and not timed). --ssm builds the ViM2 models with that scan op (default s6, the
+paper's; ssd: Mamba-2 scalar-A heads) and names the file after it. Writes DIR/vision_throughput.json
+(vision_throughput_compiled.json, vision_throughput_ssd.json).
 digits: `python train.py experiment=vim2_digits trainer=gpu` for ViM2 (the experiment's small config and
 vim2_tiny's sizes) and timm's DeiT-Tiny (patch 4 at 32 px) and ResNet-18 with the same data, recipe and
 epochs, one after another. Writes DIR/vision_digits.json.
@@ -20,7 +23,7 @@ and their largest relative difference. Writes DIR/vision_ddp.json.
 profile: the throughput run's training step under torch.profiler; GPU kernel time per step by kind (the
 S6 scan kernels of both mixers, GEMMs, normalisation, optimizer, copies, elementwise work, the rest), and
 the training img/s the step would reach if the scan kernels took no time, and the 25 kernels that took the
-most time (ms and launches per step). Writes DIR/vision_profile.json.
+most time (ms and launches per step). Writes DIR/vision_profile.json (vision_profile_ssd.json).
 """
 
 from __future__ import annotations
@@ -38,12 +41,12 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCES = ["deit_tiny_patch16_224", "deit_small_patch16_224", "convnext_tiny"]
 
 
-def build(name: str, size: int):
+def build(name: str, size: int, ssm: str = "s6"):
     import timm
 
     import mambamixer  # noqa: F401  (registers ViM2)
 
-    kwargs = {"img_size": size} if name.startswith("deit") else {}
+    kwargs = {"img_size": size} if name.startswith("deit") else {"ssm": ssm} if name.startswith("vim2") else {}
     return timm.create_model(name, **kwargs).cuda().to(memory_format=torch.channels_last)
 
 
@@ -78,8 +81,9 @@ def training_step(model, run, size: int, batch: int):
     return train_step, x
 
 
-def measure(name: str, size: int, batch: int, warmup: int, iters: int, compile: bool = False) -> dict:
-    model = build(name, size)
+def measure(name: str, size: int, batch: int, warmup: int, iters: int, compile: bool = False,
+            ssm: str = "s6") -> dict:
+    model = build(name, size, ssm)
     run = torch.compile(model) if compile else model
     train_step, x = training_step(model, run, size, batch)
 
@@ -95,7 +99,8 @@ def measure(name: str, size: int, batch: int, warmup: int, iters: int, compile: 
     model.eval()
     infer_s = timed(infer, warmup, iters)
     params = sum(p.numel() for p in model.parameters())
-    return {"model": name, "compiled": compile, "img_size": size, "batch": batch, "params_m": round(params / 1e6, 2),
+    return {"model": name, "compiled": compile, "ssm": ssm if name.startswith("vim2") else None, "img_size": size,
+            "batch": batch, "params_m": round(params / 1e6, 2),
             "train_img_s": round(batch / train_s, 1), "infer_img_s": round(batch / infer_s, 1),
             "train_peak_gib": round(peak, 2)}
 
@@ -107,7 +112,7 @@ def throughput(args) -> list[dict]:
             batch = args.batch
             while True:
                 try:
-                    row = measure(name, size, batch, args.warmup, args.iters, args.compile)
+                    row = measure(name, size, batch, args.warmup, args.iters, args.compile, args.ssm)
                     break
                 except torch.OutOfMemoryError:
                     torch.cuda.empty_cache()
@@ -139,7 +144,7 @@ def profile(args) -> list[dict]:
     rows = []
     for size in args.sizes:
         for name in args.models:
-            model = build(name, size).train()
+            model = build(name, size, args.ssm).train()
             train_step, _ = training_step(model, model, size, args.batch)
             step_s = timed(train_step, args.warmup, args.iters)
             with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -157,7 +162,8 @@ def profile(args) -> list[dict]:
                 kinds[kind] += us / 1e3 / args.iters
                 kernels.append((us / 1e3 / args.iters, event.count // args.iters, event.key[:120]))
             busy = sum(kinds.values())
-            row = {"model": name, "img_size": size, "batch": args.batch, "step_ms": round(1e3 * step_s, 1),
+            row = {"model": name, "ssm": args.ssm if name.startswith("vim2") else None, "img_size": size,
+                   "batch": args.batch, "step_ms": round(1e3 * step_s, 1),
                    "kernel_ms": {k: round(v, 1) for k, v in kinds.items()}, "kernel_busy_ms": round(busy, 1),
                    "train_img_s": round(args.batch / step_s, 1),
                    "train_img_s_without_scans": round(args.batch / (step_s - kinds["S6 scan kernels"] / 1e3), 1),
@@ -250,6 +256,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--ssm", choices=["s6", "ssd"], default="s6")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -257,6 +264,7 @@ def main() -> None:
     meta = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "torch": torch.__version__}
     name = f"vision_{args.what}{'_compiled' if args.what == 'throughput' and args.compile else ''}"
+    name += "_ssd" if args.ssm == "ssd" and args.what in ("throughput", "profile") else ""
     (args.out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
 
 
