@@ -25,8 +25,10 @@ class ChannelWiseSelectiveMixer(nn.Module):
     The tokens of a batch row are scanned together as `tokens * expand` channels whose B and C are grouped
     per token, so one kernel launch covers them (no batch of millions of one-token rows); with the Triton
     backend each direction's conv and SiLU and the scan's delta, B and C are computed inside the kernels
-    (`selective_scan_projected_bidirectional_fn`) instead of being stored per channel step. Under autocast
-    the channel-wise linear maps run in the autocast dtype, as nn.Linear would.
+    (`selective_scan_projected_bidirectional_fn`) instead of being stored per channel step. The lifted
+    features are stored (batch, dim, tokens, expand), so each channel step of the scans reads and writes one
+    contiguous run across the tokens (stored token by token, a step's loads would lie `dim` elements apart).
+    Under autocast the channel-wise linear maps run in the autocast dtype, as nn.Linear would.
     """
 
     def __init__(self, dim: int, expand: int = 2, d_state: int = 16, d_conv: int = 4, ssm: str = "s6",
@@ -56,24 +58,31 @@ class ChannelWiseSelectiveMixer(nn.Module):
         batch, e = x.shape[0], self.expand
         h = x.reshape(batch, -1, self.dim)  # (batch, tokens, dim)
         tokens = h.shape[1]
-        # The per-channel maps as (2, 1, e, dim): scan input and gate, each channel's e weights.
-        weight, bias = (p.T.unflatten(0, (2, e))[:, None] for p in (self.in_weight, self.in_bias))
+        # The per-channel maps as (2, dim, 1, e): scan input and gate, each channel's e weights.
+        weight, bias = (p.unflatten(1, (2, e)).transpose(0, 1)[:, :, None] for p in (self.in_weight, self.in_bias))
         if torch.is_autocast_enabled(x.device.type):
             dtype = torch.get_autocast_dtype(x.device.type)
             h, weight, bias = h.to(dtype), weight.to(dtype), bias.to(dtype)
-        # (batch, tokens, e, dim) each, views: every token a sequence over its channels, made in that layout
-        u, z = torch.addcmul(bias, h[:, None, :, None, :], weight).unbind(1)
+        # u, z: (batch, dim, tokens, e) each, views of one contiguous tensor: every channel step of the scans
+        # reads one contiguous run of the tokens' features (h is transposed first, or addcmul would follow its
+        # layout).
+        u, z = torch.addcmul(bias, h.transpose(1, 2).contiguous()[:, None, :, :, None], weight).unbind(1)
         if self.ssm == "s6":
-            # Tokens folded into channels; the conv and delta, B and C computed per token from its e features.
-            pair = [(u.flatten(1, 2), -torch.exp(d.A_log.float()), d.x_proj.weight, d.dt_proj.weight[:, 0],
+            # Tokens folded into channels, (batch, tokens * e, dim) seen through a transpose; the conv and delta,
+            # B and C computed per token from its e features.
+            pair = [(u.flatten(2).mT, -torch.exp(d.A_log.float()), d.x_proj.weight, d.dt_proj.weight[:, 0],
                      d.dt_proj.bias.float(), d.D.float(), *((None, None) if d.conv1d is None else
                                                             (d.conv1d.weight[:, 0], d.conv1d.bias)))
                     for d in self.directions]
             *scan, conv_weight, conv_bias = zip(*pair)
-            y = selective_scan_projected_bidirectional_fn(*scan, z=z.flatten(1, 2), conv_weight=conv_weight,
+            y = selective_scan_projected_bidirectional_fn(*scan, z=z.flatten(2).mT, conv_weight=conv_weight,
                                                           conv_bias=conv_bias, backend=self.directions[0].backend)
+            y = y.mT.unflatten(2, (tokens, e))
         else:
-            y = sum(direction(u.flatten(0, 1), z.flatten(0, 1)) for direction in self.directions)
-        y = y.reshape(batch, tokens, e, self.dim)
-        out = (y * self.out_weight.T.to(y.dtype)).sum(2) + self.out_bias.to(y.dtype)
+            u, z = (t.permute(0, 2, 3, 1).flatten(0, 1) for t in (u, z))  # (batch * tokens, e, dim)
+            y = sum(direction(u, z) for direction in self.directions)
+            y = y.unflatten(0, (batch, tokens)).permute(0, 3, 1, 2)
+        # y: (batch, dim, tokens, e) -> (batch, tokens, dim), stored channels last as x is
+        out = (y * self.out_weight[:, None].to(y.dtype)).sum(-1) + self.out_bias[:, None].to(y.dtype)
+        out = out.mT.contiguous()
         return out.reshape(x.shape)

@@ -88,9 +88,17 @@ def leaves(fwd, bwd, z):
     return [t for _, t in named_leaves(fwd, bwd)] + [z]
 
 
-def float32(fwd, bwd):
-    """Detached float32 leaves of the pair, sharing u where the float64 pair does."""
-    f32 = [{k: v.detach().float().requires_grad_(True) for k, v in d.items()} for d in (fwd, bwd)]
+def as_layout(t, layout):
+    """A detached float32 leaf of t (batch, X, L): contiguous, or with layout "tokens" stored as (batch, L, X),
+    as the channel mixer passes u and z (each channel step's tokens adjacent)."""
+    t = t.detach().float()
+    return (t.mT.contiguous().mT if layout == "tokens" else t).requires_grad_(True)
+
+
+def float32(fwd, bwd, layout="channels"):
+    """Detached float32 leaves of the pair, sharing u where the float64 pair does; u in `layout`."""
+    f32 = [{k: as_layout(v, layout) if k == "u" else v.detach().float().requires_grad_(True) for k, v in d.items()}
+           for d in (fwd, bwd)]
     if bwd["u"] is fwd["u"]:
         f32[1]["u"] = f32[0]["u"]
     return f32
@@ -103,14 +111,16 @@ def test_torch_path_matches_recurrence(length, e):
     assert rel_err(call(fwd, bwd, z, backend="torch"), by_recurrence(fwd, bwd, z)) < 1e-12
 
 
-def check_kernels_with_every_gradient(fwd, bwd, z):
+def check_kernels_with_every_gradient(fwd, bwd, z, layout="channels"):
     """The Triton path in float32 against the float64 recurrence: output and every input's gradient (those
-    of the weights are float32 sums over every token and step, hence 2e-5)."""
+    of the weights are float32 sums over every token and step, hence 2e-5). u and z in `layout`; the output
+    takes u's."""
     ref = by_recurrence(fwd, bwd, z)
-    f32 = float32(fwd, bwd)
-    z32 = z.detach().float().requires_grad_(True)
+    f32 = float32(fwd, bwd, layout)
+    z32 = as_layout(z, layout)
     out = call(*f32, z32, backend="triton")
     assert out.dtype == torch.float32 and rel_err(out, ref) < 1e-5
+    assert out.stride() == f32[0]["u"].stride()
     dout = torch.randn(ref.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     g_ref = torch.autograd.grad(ref, leaves(fwd, bwd, z), dout)
     g_out = torch.autograd.grad(out, leaves(*f32, z32), dout.float())
@@ -134,6 +144,13 @@ def test_kernels_with_conv_match_recurrence_with_every_gradient(length, e, taps)
     one step, several saved-state chunks (the conv's window reloaded at each chunk start), 1 to 4 taps; 5 taps
     take the explicit path."""
     check_kernels_with_every_gradient(*inputs(e=e, n=5, length=length, seed=length + taps, taps=taps))
+
+
+@pytest.mark.parametrize("length,e,taps", [(1, 2, 4), (40, 2, 4), (33, 4, 3)])
+def test_kernels_on_token_major_inputs(length, e, taps):
+    """u and z stored (batch, L, groups * e), as `ChannelWiseSelectiveMixer` passes them (each step's loads
+    and stores one contiguous run): same values and gradients, output in that layout."""
+    check_kernels_with_every_gradient(*inputs(e=e, length=length, seed=length + e + taps, taps=taps), layout="tokens")
 
 
 @pytest.mark.parametrize("length,e", [(1, 2), (9, 3), (40, 2)])
@@ -224,15 +241,15 @@ def test_kernels_under_torch_compile():
         assert rel_err(mine, exact) < 1e-5
 
 
-@pytest.mark.parametrize("taps", [0, 4])
-def test_custom_ops_pass_opcheck(taps):
-    """Schema, fake (meta) shapes and autograd registration of the projected scan's custom ops, without and
-    with the conv."""
+@pytest.mark.parametrize("taps,layout", [(0, "channels"), (4, "tokens")])
+def test_custom_ops_pass_opcheck(taps, layout):
+    """Schema, fake (meta) shapes and strides (following u's layout) and autograd registration of the
+    projected scan's custom ops, without and with the conv."""
     fwd, bwd, z = inputs(length=5, seed=9, taps=taps)
-    f32 = float32(fwd, bwd)
+    f32 = float32(fwd, bwd, layout)
     order = ("u", "A", "x_weight", "dt_weight", "D", "dt_bias")
     conv = [d.get(k) for d in f32 for k in CONV]
-    args = (z.detach().float().requires_grad_(True), *[d[k] for d in f32 for k in order], *conv)
+    args = (as_layout(z, layout), *[d[k] for d in f32 for k in order], *conv)
     torch.library.opcheck(triton_op.selective_scan_projected_fwd, (*args, True))
     out, states, states_rev = triton_op.selective_scan_projected_fwd(*args, True)
     dout = torch.randn_like(out)  # no double backward: the backward op's inputs do not require grad

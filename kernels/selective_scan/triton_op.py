@@ -445,7 +445,8 @@ def selective_scan_projected_fwd(
 def _(z, u, A, Wx, wdt, D, bias, u_r, A_r, Wx_r, wdt_r, D_r, bias_r, cw, cb, cw_r, cb_r, save_states):
     batch, dim, length = u.shape
     shape = (batch, _n_chunks(length, PROJ_CHUNK), A.shape[1], dim) if save_states else (0,)
-    return u.new_empty(u.shape), u.new_empty(shape, dtype=torch.float32), u.new_empty(shape, dtype=torch.float32)
+    out = _empty_scan_layout(u.shape, _token_major(u), dtype=u.dtype, device=u.device)
+    return out, u.new_empty(shape, dtype=torch.float32), u.new_empty(shape, dtype=torch.float32)
 
 
 @torch.library.custom_op("mambamixer::selective_scan_projected_bwd", mutates_args=())
@@ -463,8 +464,10 @@ def selective_scan_projected_bwd(
 
 @selective_scan_projected_bwd.register_fake
 def _(dout, states, states_rev, z, *inputs):
-    return [dout.new_empty(0) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
-            for t in (z, *inputs)]
+    layout_of = {0: inputs[0], 1: inputs[0], 7: inputs[6]}  # dz, du, du_r take their u's layout (`_token_major`)
+    return [dout.new_empty(0) if t is None else
+            _empty_scan_layout(t.shape, _token_major(layout_of[i]), dtype=t.dtype, device=t.device) if i in layout_of
+            else torch.empty_like(t, memory_format=torch.contiguous_format) for i, t in enumerate((z, *inputs))]
 
 
 def _present(grads, inputs):
