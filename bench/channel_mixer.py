@@ -6,9 +6,9 @@ explicit path (delta, B, C formed by PyTorch, then the generic fused bidirection
 Checks first (float32, against the float64 PyTorch path): the op with the layer's 4-tap convs, u and z in
 both layouts (below), output and every gradient, and the `ChannelWiseSelectiveMixer` layer on both
 backends. Then times `selective_scan_projected_bidirectional_fn` at vim2_tiny's four stage shapes (batch 64,
-224 px: tokens x channels 3136 x 96 ... 49 x 768; e = 2, N = 16), u and z in bf16 under bf16 autocast as
-in training, forward and forward+backward (gradients of u, z and every weight), both paths, median of
-`do_bench_cudagraph`. Prints a table and writes DIR/channel_mixer.json. --sweep instead times the
+224 px: tokens x channels 3136 x 96 ... 49 x 768; e = 2, N = 16), u and z contiguous in bf16 under bf16
+autocast as in training, forward and forward+backward (gradients of u, z and every weight), both paths,
+median of `do_bench_cudagraph`. Prints a table and writes DIR/channel_mixer.json. --sweep instead times the
 projected op alone for each count of token groups per program at each shape, then the launcher's pick at
 each CHUNK (steps between saved states), and writes DIR/channel_mixer_sweep.json. --layouts instead times
 the op with the layer's 4-tap convs at the training batch 256 with u and z stored as before (contiguous
