@@ -26,8 +26,9 @@ class ChannelWiseSelectiveMixer(nn.Module):
     per token, so one kernel launch covers them (no batch of millions of one-token rows); with the Triton
     backend each direction's conv and SiLU and the scan's delta, B and C are computed inside the kernels
     (`selective_scan_projected_bidirectional_fn`) instead of being stored per channel step. The lifted
-    features are stored (batch, dim, tokens, expand), so each channel step of the scans reads and writes one
-    contiguous run across the tokens (stored token by token, a step's loads would lie `dim` elements apart).
+    features are stored channel by channel, all tokens' features of a channel in one contiguous run, so each
+    channel step of the scans reads and writes contiguous runs (stored token by token, a step's loads would
+    lie `dim` elements apart).
     Under autocast the channel-wise linear maps run in the autocast dtype, as nn.Linear would.
     """
 
@@ -63,9 +64,9 @@ class ChannelWiseSelectiveMixer(nn.Module):
         if torch.is_autocast_enabled(x.device.type):
             dtype = torch.get_autocast_dtype(x.device.type)
             h, weight, bias = h.to(dtype), weight.to(dtype), bias.to(dtype)
-        # u, z: (batch, dim, tokens, e) each, views of one contiguous tensor: every channel step of the scans
-        # reads one contiguous run of the tokens' features (h is transposed first, or addcmul would follow its
-        # layout).
+        # u, z: (batch, dim, tokens, e) each, views of one tensor that holds each channel's tokens x e values
+        # (of u, of z) as contiguous runs, one per channel step of the scans (h is transposed first, or addcmul
+        # would follow its layout).
         u, z = torch.addcmul(bias, h.transpose(1, 2).contiguous()[:, None, :, :, None], weight).unbind(1)
         if self.ssm == "s6":
             # Tokens folded into channels, (batch, tokens * e, dim) seen through a transpose; the conv and delta,

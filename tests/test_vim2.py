@@ -48,6 +48,28 @@ def test_channel_mixer_is_two_scans_along_each_tokens_channels():
     torch.testing.assert_close(layer(x), expected.reshape(x.shape))
 
 
+def test_channel_mixer_passes_each_channel_steps_tokens_contiguous(monkeypatch):
+    """The layer hands the scan u and z (batch, tokens * e, dim) with each channel step's tokens x e values
+    adjacent, so a step's loads are one contiguous run (stored token by token they lie `dim` apart:
+    BENCHMARKS.md, "The channel mixer's layout"), and returns its output stored channels last like x."""
+    from mambamixer.mixer import channel_wise
+
+    seen, scan = [], channel_wise.selective_scan_projected_bidirectional_fn
+
+    def spy(*args, z, **kwargs):
+        seen.append((args[0][0], z))
+        return scan(*args, z=z, **kwargs)
+
+    monkeypatch.setattr(channel_wise, "selective_scan_projected_bidirectional_fn", spy)
+    layer = ChannelWiseSelectiveMixer(7, d_state=3, backend="torch")
+    x = torch.randn(2, 3, 4, 7)
+    out = layer(x)
+    (u, z), = seen
+    assert u.shape == z.shape == (2, 12 * 2, 7)
+    assert u.stride(1) == z.stride(1) == 1
+    assert out.shape == x.shape and out.is_contiguous()
+
+
 @pytest.mark.parametrize("layer", [lambda b: CrossScanSSM(8, d_state=4, backend=b),
                                    lambda b: ChannelWiseSelectiveMixer(8, d_state=4, backend=b)],
                          ids=["cross_scan", "channel_wise"])
