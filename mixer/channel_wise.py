@@ -28,8 +28,8 @@ class ChannelWiseSelectiveMixer(nn.Module):
     (`selective_scan_projected_bidirectional_fn`) instead of being stored per channel step. The lifted
     features are stored channel by channel, all tokens' features of a channel in one contiguous run, so each
     channel step of the scans reads and writes contiguous runs (stored token by token, a step's loads would
-    lie `dim` elements apart).
-    Under autocast the channel-wise linear maps run in the autocast dtype, as nn.Linear would.
+    lie `dim` elements apart). Under autocast the channel-wise linear maps run in the autocast dtype, as
+    nn.Linear would.
     """
 
     def __init__(self, dim: int, expand: int = 2, d_state: int = 16, d_conv: int = 4, ssm: str = "s6",
