@@ -62,6 +62,11 @@ def ssd_inputs(batch=2, length=7, heads=4, headdim=3, groups=1, n=5, full=True, 
     return args
 
 
+def token_major(t: torch.Tensor) -> torch.Tensor:
+    """t (batch, ..., X, L) stored as (batch, ..., L, X): how a layer's (batch, L, channels) tensors arrive."""
+    return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+
 def with_grad(args: dict) -> dict:
     """Copies of the tensor arguments that require grad (leaves), other arguments as they are."""
     return {k: v.detach().clone().requires_grad_(True) if isinstance(v, torch.Tensor) else v for k, v in args.items()}

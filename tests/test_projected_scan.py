@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from mambamixer.kernels import selective_scan_projected_bidirectional_fn, selective_scan_ref
 from mambamixer.kernels.selective_scan import triton_op
 
-from helpers import rel_err
+from helpers import rel_err, token_major
 
 NAMES = ("u", "A", "x_weight", "dt_weight", "dt_bias", "D")
 CONV = ("conv_weight", "conv_bias")
@@ -92,7 +92,7 @@ def as_layout(t, layout):
     """A detached float32 leaf of t (batch, X, L): contiguous, or with layout "tokens" stored as (batch, L, X),
     as the channel mixer passes u and z (each channel step's tokens adjacent)."""
     t = t.detach().float()
-    return (t.mT.contiguous().mT if layout == "tokens" else t).requires_grad_(True)
+    return (token_major(t) if layout == "tokens" else t).requires_grad_(True)
 
 
 def float32(fwd, bwd, layout="channels"):

@@ -8,7 +8,7 @@ from mambamixer.kernels import selective_scan_bidirectional_fn, selective_scan_f
 from mambamixer.kernels.selective_scan import triton_op
 from mambamixer.mixer import SelectiveSSM
 
-from helpers import grads, rel_err, s6_inputs, with_grad
+from helpers import grads, rel_err, s6_inputs, token_major, with_grad
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 SCAN_LAYOUT = ("u", "delta", "B", "C", "z")  # the (batch, ..., L) arguments
@@ -170,11 +170,6 @@ def test_too_large_for_32_bit_offsets_is_named():
                 C=torch.empty(batch, n, length, **meta))
     with pytest.raises(ValueError, match=r"u: the Triton kernels take dim \* 32 \* \(N \+ 1\) below 2\*\*31"):
         selective_scan_fn(**args, backend="triton")
-
-
-def token_major(t):
-    """t (batch, ..., X, L) stored as (batch, ..., L, X): how a layer's (batch, L, channels) tensors arrive."""
-    return t.transpose(-1, -2).contiguous().transpose(-1, -2)
 
 
 @pytest.mark.parametrize("groups", [None, 3])
