@@ -1,8 +1,8 @@
 """Selective-scan ops, drop-in compatible with mamba_ssm: Mamba-1 S6 and Mamba-2 SSD.
 
 Each op has a sequential reference (`*_ref`, the test oracle), a fast PyTorch path, a one-step update
-for streaming, and a checked entry point with a `backend` switch; the S6 scan also has Triton kernels
-(`backend="triton"`, picked by "auto" for CUDA tensors), a fused two-direction op and its variant with
+for streaming, a checked entry point with a `backend` switch and Triton kernels (`backend="triton"`,
+picked by "auto" for CUDA tensors); the S6 scan also has a fused two-direction op and its variant with
 delta/B/C (and the conv before the scan) computed from u inside the kernels (ViM2's channel mixer). The
 PyTorch path of the depthwise conv before a scan is `depthwise_conv1d_silu`. `weighted_sum` (MambaMixer's
 weighted averaging of earlier outputs) has a multiply-add reference and Triton kernels.

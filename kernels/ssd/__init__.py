@@ -1,4 +1,4 @@
-"""Mamba-2 SSD scan: public op, sequential reference, chunked PyTorch path, one-step update."""
+"""Mamba-2 SSD scan: public op, sequential reference, chunked PyTorch path, Triton kernels, one-step update."""
 
 from .chunked import mamba_chunk_scan_chunked
 from .interface import mamba_chunk_scan_combined
