@@ -1,6 +1,7 @@
 """CUDA check of the layers: ops against the float64 recurrence and every layer variant in float32, bf16
-autocast and torch.compile, on the GPU (the S6 scans through the Triton kernels, as "auto" picks them;
-the S6 layers also against backend="torch"). Prints one line per check and exits non-zero on a failure.
+autocast and torch.compile, on the GPU (both scans through the Triton kernels, as "auto" picks them;
+the SelectiveSSM layers also against backend="torch"). Prints one line per check and exits non-zero on a
+failure.
 
     python bench/cuda_check.py
 """
@@ -85,22 +86,21 @@ def main() -> None:
         y.square().mean().backward()
         check(f"SelectiveSSM {kw} float32", torch.isfinite(y).all().item() and all(
             p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters()))
-        if kw["ssm"] == "s6":
-            grads = [p.grad.clone() for p in layer.parameters()]
-            layer.zero_grad()
-            for direction in layer.directions:
-                direction.backend = "torch"
-            y_torch = layer(h)
-            y_torch.square().mean().backward()
-            err = max([rel(y, y_torch)] + [rel(g, p.grad) for g, p in zip(grads, layer.parameters())])
-            check(f"SelectiveSSM {kw} triton == torch (out and grads)", err < 1e-4, f"max rel err {err:.1e}")
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                yb = layer(h)
-            err = rel(yb.float(), y.detach())
-            check(f"SelectiveSSM {kw} torch backend bf16 autocast", yb.dtype == torch.bfloat16 and err < 5e-2,
-                  f"rel err {err:.1e}")
-            for direction in layer.directions:
-                direction.backend = "auto"
+        grads = [p.grad.clone() for p in layer.parameters()]
+        layer.zero_grad()
+        for direction in layer.directions:
+            direction.backend = "torch"
+        y_torch = layer(h)
+        y_torch.square().mean().backward()
+        err = max([rel(y, y_torch)] + [rel(g, p.grad) for g, p in zip(grads, layer.parameters())])
+        check(f"SelectiveSSM {kw} triton == torch (out and grads)", err < 1e-4, f"max rel err {err:.1e}")
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            yb = layer(h)
+        err = rel(yb.float(), y.detach())
+        check(f"SelectiveSSM {kw} torch backend bf16 autocast", yb.dtype == torch.bfloat16 and err < 5e-2,
+              f"rel err {err:.1e}")
+        for direction in layer.directions:
+            direction.backend = "auto"
         with torch.autocast("cuda", dtype=torch.bfloat16):
             yb = layer(h)
         err = rel(yb.float(), y.detach())
