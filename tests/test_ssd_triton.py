@@ -5,7 +5,7 @@ import torch
 
 from mambamixer.kernels import mamba_chunk_scan_combined, mamba_chunk_scan_ref
 from mambamixer.kernels.ssd import triton_op
-from mambamixer.mixer import SelectiveSSM
+from mambamixer.mixer import ChannelWiseSelectiveMixer, CrossScanSSM, SelectiveSSM
 
 from helpers import grads, rel_err, ssd_inputs, with_grad
 
@@ -92,6 +92,23 @@ def test_ssd_layer_same_on_both_backends():
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     for a, b in zip(g, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [CrossScanSSM, ChannelWiseSelectiveMixer])
+def test_vim2_mixers_with_ssd_same_on_both_backends(cls):
+    """ViM2's mixers with ssm="ssd" hand the op views of their (batch, channels, L) tensors: the kernels
+    read them in place."""
+    torch.manual_seed(0)
+    kw = dict(headdim=8, chunk_size=16) if cls is CrossScanSSM else dict(chunk_size=16)
+    layers = {b: cls(8, d_state=4, ssm="ssd", backend=b, **kw) for b in ("triton", "torch")}
+    layers["torch"].load_state_dict(layers["triton"].state_dict())
+    x = torch.randn(2, 3, 5, 8)
+    ys = {b: layer(x) for b, layer in layers.items()}
+    for y in ys.values():
+        y.square().sum().backward()
+    torch.testing.assert_close(ys["triton"], ys["torch"], rtol=1e-5, atol=1e-5)
+    for (name, p), q in zip(layers["triton"].named_parameters(), layers["torch"].parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_ssd_custom_ops_pass_opcheck():
