@@ -53,9 +53,10 @@ def ssd_fwd_kernel(x_ptr, sx_b, sx_l, sx_h, sx_p, dt_ptr, sdt_b, sdt_l, sdt_h, A
                    init_ptr, y_ptr, sy_b, sy_l, sy_h, sy_p, states_ptr, final_ptr,
                    length, heads, headdim, n, heads_per_group, chunks,
                    T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PRECISION: tl.constexpr,
-                   HAS_INIT: tl.constexpr, REVERSE: tl.constexpr):
-    """y (batch, L, H, P) float32 without D and gate; states (batch, chunks, H, P, N) = S0 of each chunk in
-    scan order; final (batch, H, P, N). initial (batch, H, P, N) and states are contiguous float32."""
+                   HAS_INIT: tl.constexpr, REVERSE: tl.constexpr, SAVE_STATES: tl.constexpr):
+    """y (batch, L, H, P) float32 without D and gate; with SAVE_STATES, states (batch, chunks, H, P, N) = S0
+    of each chunk in scan order; final (batch, H, P, N). initial (batch, H, P, N) and states are contiguous
+    float32."""
     pid = tl.program_id(0)
     b = (pid // heads).to(tl.int64)
     h = pid % heads
@@ -81,7 +82,8 @@ def ssd_fwd_kernel(x_ptr, sx_b, sx_l, sx_h, sx_p, dt_ptr, sdt_b, sdt_l, sdt_h, A
         pos, valid = _chunk_positions(c, length, T, REVERSE)
         dt, x, Bm, Cm, cum = _load_chunk(x_base, sx_l, sx_p, dt_base, sdt_l, b_base, sb_l, sb_n, c_base, sc_l, sc_n,
                                          pos, valid, offs_p, offs_n, mask_p, mask_n, A)
-        tl.store(states_ptr + ((b * chunks + c) * heads + h) * headdim * n + pn, S, mask=mask_pn)
+        if SAVE_STATES:
+            tl.store(states_ptr + ((b * chunks + c) * heads + h) * headdim * n + pn, S, mask=mask_pn)
         xd = x * dt[:, None]
         scores = tl.dot(Cm, tl.trans(Bm), input_precision=PRECISION) * _decay(cum, T)
         y = tl.dot(scores, xd, input_precision=PRECISION)
