@@ -1,5 +1,5 @@
-"""Random inputs for the scan ops, the error measure the tests share, and a callback that stops a run for
-resume tests."""
+"""Random inputs for the scan ops, the error measure the tests share, a check that a layer agrees on both
+scan backends, and a callback that stops a run for resume tests."""
 
 from __future__ import annotations
 
@@ -77,6 +77,21 @@ def grads(out: torch.Tensor, args: dict, seed=1) -> dict:
     w = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
     tensors = {k: v for k, v in args.items() if isinstance(v, torch.Tensor)}
     return dict(zip(tensors, torch.autograd.grad((out * w).sum(), list(tensors.values()), materialize_grads=True)))
+
+
+def assert_backends_agree(layer, x: torch.Tensor) -> None:
+    """`layer`'s output on x and its parameters' gradients agree with every scan direction on
+    backend="torch" and on backend="triton" (set through each direction's `backend`)."""
+    results = []
+    for backend in ("torch", "triton"):
+        for direction in layer.directions:
+            direction.backend = backend
+        out = layer(x)
+        results.append((out, torch.autograd.grad(out.square().sum(), list(layer.parameters()))))
+    (ref, g_ref), (out, g) = results
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for (name, _), a, b in zip(layer.named_parameters(), g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
 
 
 class StopAfterEpochs(lightning.Callback):

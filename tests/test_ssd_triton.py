@@ -7,7 +7,7 @@ from mambamixer.kernels import mamba_chunk_scan_combined, mamba_chunk_scan_ref
 from mambamixer.kernels.ssd import triton_op
 from mambamixer.mixer import ChannelWiseSelectiveMixer, CrossScanSSM, SelectiveSSM
 
-from helpers import grads, rel_err, ssd_inputs, with_grad
+from helpers import assert_backends_agree, grads, rel_err, ssd_inputs, with_grad
 
 KEEP_FLOAT32 = {"A", "dt_bias", "D", "initial_states"}  # float32 whatever the inputs' dtype, as Mamba-2 keeps them
 
@@ -80,18 +80,8 @@ def test_low_precision_inputs(dtype, tol):
 
 def test_ssd_layer_same_on_both_backends():
     torch.manual_seed(0)
-    layer = SelectiveSSM(16, d_state=4, ssm="ssd", headdim=8, ngroups=2, bidirectional=True, chunk_size=16,
-                         backend="torch")
-    x = torch.randn(2, 21, 16)
-    ref = layer(x)
-    g_ref = torch.autograd.grad(ref.sum(), list(layer.parameters()))
-    for direction in layer.directions:
-        direction.backend = "triton"
-    out = layer(x)
-    g = torch.autograd.grad(out.sum(), list(layer.parameters()))
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    for a, b in zip(g, g_ref):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    layer = SelectiveSSM(16, d_state=4, ssm="ssd", headdim=8, ngroups=2, bidirectional=True, chunk_size=16)
+    assert_backends_agree(layer, torch.randn(2, 21, 16))
 
 
 @pytest.mark.parametrize("cls", [CrossScanSSM, ChannelWiseSelectiveMixer])
@@ -99,16 +89,8 @@ def test_vim2_mixers_with_ssd_same_on_both_backends(cls):
     """ViM2's mixers with ssm="ssd" hand the op views of their (batch, channels, L) tensors: the kernels
     read them in place."""
     torch.manual_seed(0)
-    kw = dict(headdim=8, chunk_size=16) if cls is CrossScanSSM else dict(chunk_size=16)
-    layers = {b: cls(8, d_state=4, ssm="ssd", backend=b, **kw) for b in ("triton", "torch")}
-    layers["torch"].load_state_dict(layers["triton"].state_dict())
-    x = torch.randn(2, 3, 5, 8)
-    ys = {b: layer(x) for b, layer in layers.items()}
-    for y in ys.values():
-        y.square().sum().backward()
-    torch.testing.assert_close(ys["triton"], ys["torch"], rtol=1e-5, atol=1e-5)
-    for (name, p), q in zip(layers["triton"].named_parameters(), layers["torch"].parameters()):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+    kw = dict(headdim=8) if cls is CrossScanSSM else {}
+    assert_backends_agree(cls(8, d_state=4, ssm="ssd", chunk_size=16, **kw), torch.randn(2, 3, 5, 8))
 
 
 def test_no_states_saved_without_grad():

@@ -48,6 +48,24 @@ def _decay(cum, T: tl.constexpr):
 
 
 @triton.jit
+def _program(x_ptr, sx_b, sx_h, dt_ptr, sdt_b, sdt_h, b_ptr, sb_b, sb_g, c_ptr, sc_b, sc_g, heads, headdim, n,
+             heads_per_group, BP: tl.constexpr, BN: tl.constexpr):
+    """This program's batch row b (int64) and head h; lanes over P and N with their masks; the (P, N)
+    offsets of a contiguous state; the row's and head's base pointers into x, dt, B and C."""
+    pid = tl.program_id(0)
+    b = (pid // heads).to(tl.int64)
+    h = pid % heads
+    g = h // heads_per_group
+    offs_p = tl.arange(0, BP)
+    offs_n = tl.arange(0, BN)
+    mask_p = offs_p < headdim
+    mask_n = offs_n < n
+    pn = offs_p[:, None] * n + offs_n[None, :]
+    return (b, h, offs_p, offs_n, mask_p, mask_n, pn, x_ptr + b * sx_b + h * sx_h, dt_ptr + b * sdt_b + h * sdt_h,
+            b_ptr + b * sb_b + g * sb_g, c_ptr + b * sc_b + g * sc_g)
+
+
+@triton.jit
 def ssd_fwd_kernel(x_ptr, sx_b, sx_l, sx_h, sx_p, dt_ptr, sdt_b, sdt_l, sdt_h, A_ptr,
                    b_ptr, sb_b, sb_l, sb_g, sb_n, c_ptr, sc_b, sc_l, sc_g, sc_n,
                    init_ptr, y_ptr, sy_b, sy_l, sy_h, sy_p, states_ptr, final_ptr,
@@ -57,20 +75,10 @@ def ssd_fwd_kernel(x_ptr, sx_b, sx_l, sx_h, sx_p, dt_ptr, sdt_b, sdt_l, sdt_h, A
     """y (batch, L, H, P) float32 without D and gate; with SAVE_STATES, states (batch, chunks, H, P, N) = S0
     of each chunk in scan order; final (batch, H, P, N). initial (batch, H, P, N) and states are contiguous
     float32."""
-    pid = tl.program_id(0)
-    b = (pid // heads).to(tl.int64)
-    h = pid % heads
-    g = h // heads_per_group
-    offs_p = tl.arange(0, BP)
-    offs_n = tl.arange(0, BN)
-    mask_p = offs_p < headdim
-    mask_n = offs_n < n
+    b, h, offs_p, offs_n, mask_p, mask_n, pn, x_base, dt_base, b_base, c_base = _program(
+        x_ptr, sx_b, sx_h, dt_ptr, sdt_b, sdt_h, b_ptr, sb_b, sb_g, c_ptr, sc_b, sc_g, heads, headdim, n,
+        heads_per_group, BP, BN)
     mask_pn = mask_p[:, None] & mask_n[None, :]
-    pn = offs_p[:, None] * n + offs_n[None, :]
-    x_base = x_ptr + b * sx_b + h * sx_h
-    dt_base = dt_ptr + b * sdt_b + h * sdt_h
-    b_base = b_ptr + b * sb_b + g * sb_g
-    c_base = c_ptr + b * sc_b + g * sc_g
     y_base = y_ptr + b * sy_b + h * sy_h
     A = tl.load(A_ptr + h)
     state_off = (b * heads + h) * headdim * n
@@ -106,21 +114,11 @@ def ssd_bwd_kernel(x_ptr, sx_b, sx_l, sx_h, sx_p, dt_ptr, sdt_b, sdt_l, sdt_h, A
     """Gradients from dy (the gradient of y): dx (batch, L, H, P), ddt (batch, L, H), dB and dC per head
     (batch, L, H, N), dA per row (batch, H) and, with HAS_INIT, the initial state's (batch, H, P, N); all
     contiguous float32."""
-    pid = tl.program_id(0)
-    b = (pid // heads).to(tl.int64)
-    h = pid % heads
-    g = h // heads_per_group
-    offs_t = tl.arange(0, T)
-    offs_p = tl.arange(0, BP)
-    offs_n = tl.arange(0, BN)
-    mask_p = offs_p < headdim
-    mask_n = offs_n < n
+    b, h, offs_p, offs_n, mask_p, mask_n, pn, x_base, dt_base, b_base, c_base = _program(
+        x_ptr, sx_b, sx_h, dt_ptr, sdt_b, sdt_h, b_ptr, sb_b, sb_g, c_ptr, sc_b, sc_g, heads, headdim, n,
+        heads_per_group, BP, BN)
     mask_pn = mask_p[:, None] & mask_n[None, :]
-    pn = offs_p[:, None] * n + offs_n[None, :]
-    x_base = x_ptr + b * sx_b + h * sx_h
-    dt_base = dt_ptr + b * sdt_b + h * sdt_h
-    b_base = b_ptr + b * sb_b + g * sb_g
-    c_base = c_ptr + b * sc_b + g * sc_g
+    offs_t = tl.arange(0, T)
     dy_base = dy_ptr + b * sdy_b + h * sdy_h
     A = tl.load(A_ptr + h)
     row = b * length * heads + h  # element offset of (b, 0, h) in a contiguous (batch, L, H) tensor
