@@ -5,8 +5,8 @@ entering the chunk, (P, N)):
     y_l   = sum_s (C_l . B_s) exp(cum_l - cum_s) xd_s + exp(cum_l) S0 C_l
     S_end = exp(cum_T) S0 + sum_s exp(cum_T - cum_s) xd_s B_s^T
 Each line is a few (T, T), (T, N) and (P, N) matrix products (`tl.dot`: TF32 tensor cores, float32 operands);
-the state stays in registers from chunk to chunk. The forward saves S0 of every chunk for the backward,
-which walks the chunks in reverse carrying dS (the gradient of S_end). Steps past L are masked to dt = 0
+the state stays in registers from chunk to chunk. The forward saves S0 of every chunk when gradients are
+needed; the backward walks the chunks in reverse carrying dS (the gradient of S_end). Steps past L are masked to dt = 0
 and zero inputs, which adds nothing. REVERSE scans from position L - 1 down to 0.
 """
 
