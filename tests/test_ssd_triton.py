@@ -93,18 +93,22 @@ def test_vim2_mixers_with_ssd_same_on_both_backends(cls):
     assert_backends_agree(cls(8, d_state=4, ssm="ssd", chunk_size=16, **kw), torch.randn(2, 3, 5, 8))
 
 
-def test_forward_without_grad():
+def test_no_states_saved_without_grad():
     a = as_dtype(ssd_inputs(length=40, seed=11))
     with torch.no_grad():
         out = mamba_chunk_scan_combined(**a, chunk_size=16, backend="triton")
     assert not out.requires_grad
     torch.testing.assert_close(out, mamba_chunk_scan_combined(**a, chunk_size=16, backend="torch"))
+    step = torch.rand(2, 40, 4)
+    _, states, _ = triton_op.ssd_fwd(a["x"], step, a["A"], a["B"], a["C"], None, 16, False, False)
+    assert states.numel() == 0
 
 
 def test_ssd_custom_ops_pass_opcheck():
     """Schema, fake tensors and autograd registration of mambamixer::ssd_fwd / _bwd."""
     a = with_grad(as_dtype(ssd_inputs(length=20, groups=2, seed=9)))
-    args = (a["x"], a["dt"].detach().abs().requires_grad_(), a["A"], a["B"], a["C"], a["initial_states"], 16, True)
+    args = (a["x"], a["dt"].detach().abs().requires_grad_(), a["A"], a["B"], a["C"], a["initial_states"], 16, True,
+            True)
     torch.library.opcheck(triton_op.ssd_fwd, args)
     y, states, _ = triton_op.ssd_fwd(*args)
     detached = [t.detach() for t in (torch.randn_like(y), *args[:5], states)]

@@ -5,8 +5,8 @@ entering the chunk, (P, N)):
     y_l   = sum_s (C_l . B_s) exp(cum_l - cum_s) xd_s + exp(cum_l) S0 C_l
     S_end = exp(cum_T) S0 + sum_s exp(cum_T - cum_s) xd_s B_s^T
 Each line is a few (T, T), (T, N) and (P, N) matrix products (`tl.dot`: TF32 tensor cores, float32 operands);
-the state stays in registers from chunk to chunk. The forward saves S0 of every chunk for the backward,
-which walks the chunks in reverse carrying dS (the gradient of S_end). Steps past L are masked to dt = 0
+the state stays in registers from chunk to chunk. The forward saves S0 of every chunk when gradients are
+needed; the backward walks the chunks in reverse carrying dS (the gradient of S_end). Steps past L are masked to dt = 0
 and zero inputs, which adds nothing. REVERSE scans from position L - 1 down to 0.
 """
 
@@ -48,14 +48,10 @@ def _decay(cum, T: tl.constexpr):
 
 
 @triton.jit
-def ssd_fwd_kernel(x_ptr, sx_b, sx_l, sx_h, sx_p, dt_ptr, sdt_b, sdt_l, sdt_h, A_ptr,
-                   b_ptr, sb_b, sb_l, sb_g, sb_n, c_ptr, sc_b, sc_l, sc_g, sc_n,
-                   init_ptr, y_ptr, sy_b, sy_l, sy_h, sy_p, states_ptr, final_ptr,
-                   length, heads, headdim, n, heads_per_group, chunks,
-                   T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PRECISION: tl.constexpr,
-                   HAS_INIT: tl.constexpr, REVERSE: tl.constexpr):
-    """y (batch, L, H, P) float32 without D and gate; states (batch, chunks, H, P, N) = S0 of each chunk in
-    scan order; final (batch, H, P, N). initial (batch, H, P, N) and states are contiguous float32."""
+def _program(x_ptr, sx_b, sx_h, dt_ptr, sdt_b, sdt_h, b_ptr, sb_b, sb_g, c_ptr, sc_b, sc_g, heads, headdim, n,
+             heads_per_group, BP: tl.constexpr, BN: tl.constexpr):
+    """This program's batch row b (int64) and head h; lanes over P and N with their masks; the (P, N)
+    offsets of a contiguous state; the row's and head's base pointers into x, dt, B and C."""
     pid = tl.program_id(0)
     b = (pid // heads).to(tl.int64)
     h = pid % heads
@@ -64,12 +60,25 @@ def ssd_fwd_kernel(x_ptr, sx_b, sx_l, sx_h, sx_p, dt_ptr, sdt_b, sdt_l, sdt_h, A
     offs_n = tl.arange(0, BN)
     mask_p = offs_p < headdim
     mask_n = offs_n < n
-    mask_pn = mask_p[:, None] & mask_n[None, :]
     pn = offs_p[:, None] * n + offs_n[None, :]
-    x_base = x_ptr + b * sx_b + h * sx_h
-    dt_base = dt_ptr + b * sdt_b + h * sdt_h
-    b_base = b_ptr + b * sb_b + g * sb_g
-    c_base = c_ptr + b * sc_b + g * sc_g
+    return (b, h, offs_p, offs_n, mask_p, mask_n, pn, x_ptr + b * sx_b + h * sx_h, dt_ptr + b * sdt_b + h * sdt_h,
+            b_ptr + b * sb_b + g * sb_g, c_ptr + b * sc_b + g * sc_g)
+
+
+@triton.jit
+def ssd_fwd_kernel(x_ptr, sx_b, sx_l, sx_h, sx_p, dt_ptr, sdt_b, sdt_l, sdt_h, A_ptr,
+                   b_ptr, sb_b, sb_l, sb_g, sb_n, c_ptr, sc_b, sc_l, sc_g, sc_n,
+                   init_ptr, y_ptr, sy_b, sy_l, sy_h, sy_p, states_ptr, final_ptr,
+                   length, heads, headdim, n, heads_per_group, chunks,
+                   T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PRECISION: tl.constexpr,
+                   HAS_INIT: tl.constexpr, REVERSE: tl.constexpr, SAVE_STATES: tl.constexpr):
+    """y (batch, L, H, P) float32 without D and gate; with SAVE_STATES, states (batch, chunks, H, P, N) = S0
+    of each chunk in scan order; final (batch, H, P, N). initial (batch, H, P, N) and states are contiguous
+    float32."""
+    b, h, offs_p, offs_n, mask_p, mask_n, pn, x_base, dt_base, b_base, c_base = _program(
+        x_ptr, sx_b, sx_h, dt_ptr, sdt_b, sdt_h, b_ptr, sb_b, sb_g, c_ptr, sc_b, sc_g, heads, headdim, n,
+        heads_per_group, BP, BN)
+    mask_pn = mask_p[:, None] & mask_n[None, :]
     y_base = y_ptr + b * sy_b + h * sy_h
     A = tl.load(A_ptr + h)
     state_off = (b * heads + h) * headdim * n
@@ -81,7 +90,8 @@ def ssd_fwd_kernel(x_ptr, sx_b, sx_l, sx_h, sx_p, dt_ptr, sdt_b, sdt_l, sdt_h, A
         pos, valid = _chunk_positions(c, length, T, REVERSE)
         dt, x, Bm, Cm, cum = _load_chunk(x_base, sx_l, sx_p, dt_base, sdt_l, b_base, sb_l, sb_n, c_base, sc_l, sc_n,
                                          pos, valid, offs_p, offs_n, mask_p, mask_n, A)
-        tl.store(states_ptr + ((b * chunks + c) * heads + h) * headdim * n + pn, S, mask=mask_pn)
+        if SAVE_STATES:
+            tl.store(states_ptr + ((b * chunks + c) * heads + h) * headdim * n + pn, S, mask=mask_pn)
         xd = x * dt[:, None]
         scores = tl.dot(Cm, tl.trans(Bm), input_precision=PRECISION) * _decay(cum, T)
         y = tl.dot(scores, xd, input_precision=PRECISION)
@@ -104,21 +114,11 @@ def ssd_bwd_kernel(x_ptr, sx_b, sx_l, sx_h, sx_p, dt_ptr, sdt_b, sdt_l, sdt_h, A
     """Gradients from dy (the gradient of y): dx (batch, L, H, P), ddt (batch, L, H), dB and dC per head
     (batch, L, H, N), dA per row (batch, H) and, with HAS_INIT, the initial state's (batch, H, P, N); all
     contiguous float32."""
-    pid = tl.program_id(0)
-    b = (pid // heads).to(tl.int64)
-    h = pid % heads
-    g = h // heads_per_group
-    offs_t = tl.arange(0, T)
-    offs_p = tl.arange(0, BP)
-    offs_n = tl.arange(0, BN)
-    mask_p = offs_p < headdim
-    mask_n = offs_n < n
+    b, h, offs_p, offs_n, mask_p, mask_n, pn, x_base, dt_base, b_base, c_base = _program(
+        x_ptr, sx_b, sx_h, dt_ptr, sdt_b, sdt_h, b_ptr, sb_b, sb_g, c_ptr, sc_b, sc_g, heads, headdim, n,
+        heads_per_group, BP, BN)
     mask_pn = mask_p[:, None] & mask_n[None, :]
-    pn = offs_p[:, None] * n + offs_n[None, :]
-    x_base = x_ptr + b * sx_b + h * sx_h
-    dt_base = dt_ptr + b * sdt_b + h * sdt_h
-    b_base = b_ptr + b * sb_b + g * sb_g
-    c_base = c_ptr + b * sc_b + g * sc_g
+    offs_t = tl.arange(0, T)
     dy_base = dy_ptr + b * sdy_b + h * sdy_h
     A = tl.load(A_ptr + h)
     row = b * length * heads + h  # element offset of (b, 0, h) in a contiguous (batch, L, H) tensor

@@ -48,33 +48,34 @@ def _shape_args(x, B, chunk_size):
 
 @torch.library.custom_op("mambamixer::ssd_fwd", mutates_args=())
 def ssd_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-            initial_states: torch.Tensor | None, chunk_size: int, reverse: bool
+            initial_states: torch.Tensor | None, chunk_size: int, reverse: bool, save_states: bool
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """y (batch, L, H, P) float32 (no D, no gate), the state entering each chunk (batch, chunks, H, P, N)
-    and the final state (batch, H, P, N), both float32. dt (batch, L, H) and A (H,) float32."""
+    """y (batch, L, H, P) float32 (no D, no gate), the state entering each chunk (batch, chunks, H, P, N;
+    empty unless save_states, which the backward needs) and the final state (batch, H, P, N), both float32.
+    dt (batch, L, H) and A (H,) float32."""
     batch, length, heads, p = x.shape
     n = B.shape[3]
     chunks = triton.cdiv(length, chunk_size)
     f32 = dict(dtype=torch.float32, device=x.device)
     y = torch.empty(batch, length, heads, p, **f32)
-    states = torch.empty(batch, chunks, heads, p, n, **f32)
+    states = torch.empty((batch, chunks, heads, p, n) if save_states else (0,), **f32)
     final = torch.empty(batch, heads, p, n, **f32)
     init = final if initial_states is None else initial_states.contiguous()
     with launch_device(x):
         ssd_fwd_kernel[(batch * heads,)](
             x, *x.stride(), dt, *dt.stride(), A, B, *B.stride(), C, *C.stride(), init, y, *y.stride(), states, final,
             *_shape_args(x, B, chunk_size), HAS_INIT=initial_states is not None, REVERSE=reverse,
-            **_config(x, B, C, chunk_size))
+            SAVE_STATES=save_states, **_config(x, B, C, chunk_size))
     return y, states, final
 
 
 @ssd_fwd.register_fake
-def _(x, dt, A, B, C, initial_states, chunk_size, reverse):
+def _(x, dt, A, B, C, initial_states, chunk_size, reverse, save_states):
     batch, length, heads, p = x.shape
     n = B.shape[3]
     f32 = dict(dtype=torch.float32)
     return (x.new_empty(batch, length, heads, p, **f32),
-            x.new_empty(batch, triton.cdiv(length, chunk_size), heads, p, n, **f32),
+            x.new_empty((batch, triton.cdiv(length, chunk_size), heads, p, n) if save_states else (0,), **f32),
             x.new_empty(batch, heads, p, n, **f32))
 
 
@@ -112,7 +113,7 @@ def _(dy, x, dt, A, B, C, states, has_init, chunk_size, reverse):
 
 
 def _setup_context(ctx, inputs, output):
-    x, dt, A, B, C, initial_states, chunk_size, reverse = inputs
+    x, dt, A, B, C, initial_states, chunk_size, reverse, _ = inputs
     ctx.save_for_backward(x, dt, A, B, C, output[1])
     ctx.has_init, ctx.chunk_size, ctx.reverse = initial_states is not None, chunk_size, reverse
 
@@ -121,7 +122,8 @@ def _backward(ctx, dy, d_states, d_final):
     x, dt, A, B, C, states = ctx.saved_tensors
     dx, ddt, dA, dB, dC, dinit = ssd_bwd(dy.float(), x, dt, A, B, C, states, ctx.has_init, ctx.chunk_size,
                                          ctx.reverse)
-    return (dx.to(x.dtype), ddt, dA, dB.to(B.dtype), dC.to(C.dtype), dinit if ctx.has_init else None, None, None)
+    return (dx.to(x.dtype), ddt, dA, dB.to(B.dtype), dC.to(C.dtype), dinit if ctx.has_init else None, None, None,
+            None)
 
 
 ssd_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -131,6 +133,8 @@ def ssd_scan_triton(x, dt, A, B, C, initial_states, chunk_size, reverse):
     """The SSD recurrence (without D and gate) on the Triton kernels: y (batch, L, H, P) float32 and the
     final state (batch, H, P, N) float32, detached. dt: the processed step (batch, L, H) float32."""
     chunk = kernel_chunk(chunk_size, x.shape[3], B.shape[3])
+    inputs = (x, dt, A, B, C, initial_states)
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     y, _, final = ssd_fwd(x, dt, A.float(), B, C, None if initial_states is None else initial_states.float(),
-                          chunk, reverse)
+                          chunk, reverse, save)
     return y, final.detach()
