@@ -66,11 +66,12 @@ def test_non_contiguous_inputs(reverse):
                                mamba_chunk_scan_combined(**a, chunk_size=16, reverse=reverse, backend="torch"))
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float16, 3e-3), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 3e-3), (torch.bfloat16, 1e-2)])
 def test_low_precision_inputs(dtype, tol):
-    """16-bit x, B, C, z: the kernels' products take them in 16 bits, as mamba_ssm's do (bfloat16 in float32
-    under the interpreter, see triton_op)."""
+    """16-bit x, B, C, z: the kernels' products take 16-bit operands, as mamba_ssm's do (conftest makes the
+    interpreter's bfloat16 arithmetic match the GPU's)."""
     a = as_dtype(ssd_inputs(length=100, heads=4, headdim=8, groups=2, n=16, seed=7), dtype)
+    assert triton_op._config(a["x"], a["B"], a["C"], 32)["PRECISION"] == {torch.float16: "fp16"}.get(dtype, "bf16")
     out, last = mamba_chunk_scan_combined(**a, chunk_size=32, return_final_states=True, backend="triton")
     exact = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in a.items()}
     ref, ref_last = mamba_chunk_scan_ref(**exact, return_final_states=True)
@@ -115,9 +116,10 @@ def test_ssd_custom_ops_pass_opcheck():
     torch.library.opcheck(triton_op.ssd_bwd, (*detached, True, 16, True))
 
 
-def test_large_heads_scan_in_shorter_chunks():
-    """P * N = 8192 > 4096: the kernels scan in 32-step chunks whatever chunk_size asks for (shared memory)."""
-    assert triton_op.kernel_chunk(64, 64, 128) == 32 and triton_op.kernel_chunk(64, 64, 16) == 64
+def test_chunk_size_64_scans_in_32_step_chunks():
+    """The kernels scan in chunks of at most 32 steps whatever chunk_size asks for (see kernel_chunk); here with
+    the largest head they take, P * N = 8192."""
+    assert triton_op.kernel_chunk(64) == 32 and triton_op.kernel_chunk(16) == 16
     check_against_reference(ssd_inputs(batch=1, length=70, heads=1, headdim=64, n=128, seed=10), 64, False)
 
 

@@ -57,7 +57,7 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
     initial_states then enter at the last position. `seq_idx`, `cu_seqlens` and `return_varlen_states`
     (packed variable-length batches) are not supported and raise ValueError.
     `backend`: "torch" (chunked PyTorch path), "triton" (the Triton kernels: float16, bfloat16 or float32,
-    chunk_size one of TRITON_CHUNK_SIZES, P * N up to 8192; they scan in chunks of 32 where P * N > 4096),
+    chunk_size one of TRITON_CHUNK_SIZES, P * N up to 8192; they scan in chunks of at most 32 steps),
     or "auto" (Triton for CUDA tensors when it can take them).
     """
     for name, value in (("seq_idx", seq_idx), ("cu_seqlens", cu_seqlens)):

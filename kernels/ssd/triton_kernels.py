@@ -4,10 +4,10 @@ Per chunk of T steps (s <= l inside the chunk, cum = running sum of dt * A, xd =
 entering the chunk, (P, N)):
     y_l   = sum_s (C_l . B_s) exp(cum_l - cum_s) xd_s + exp(cum_l) S0 C_l
     S_end = exp(cum_T) S0 + sum_s exp(cum_T - cum_s) xd_s B_s^T
-Each line is a few (T, T), (T, N) and (P, N) matrix products (`tl.dot`: TF32 tensor cores, float32 operands);
-the state stays in registers from chunk to chunk. The forward saves S0 of every chunk when gradients are
-needed; the backward walks the chunks in reverse carrying dS (the gradient of S_end). Steps past L are masked to dt = 0
-and zero inputs, which adds nothing. REVERSE scans from position L - 1 down to 0.
+Each line is a few (T, T), (T, N) and (P, N) matrix products on tensor cores (`_mm`, PRECISION picks the
+operands' type); the state stays in registers from chunk to chunk. The forward saves S0 of every chunk when
+gradients are needed; the backward walks the chunks in reverse carrying dS (the gradient of S_end). Steps
+past L are masked to dt = 0 and zero inputs, which adds nothing. REVERSE scans from position L - 1 down to 0.
 """
 
 import triton
@@ -37,6 +37,18 @@ def _load_chunk(x_base, sx_l, sx_p, dt_base, sdt_l, b_base, sb_l, sb_n, c_base, 
     Cm = tl.load(c_base + pos[:, None] * sc_l + offs_n[None, :] * sc_n, mask=mask_tn, other=0.0).to(tl.float32)
     cum = tl.cumsum(dt * A, axis=0)
     return dt, x, Bm, Cm, cum
+
+
+@triton.jit
+def _mm(a, b, PRECISION: tl.constexpr):
+    """a @ b of float32 tiles, accumulated in float32. PRECISION "tf32" or "tf32x3" multiplies the float32
+    operands on TF32 tensor cores (one or three products); "bf16" and "fp16" round both operands to that type."""
+    if PRECISION == "bf16":
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    elif PRECISION == "fp16":
+        return tl.dot(a.to(tl.float16), b.to(tl.float16))
+    else:
+        return tl.dot(a, b, input_precision=PRECISION)
 
 
 @triton.jit
@@ -93,13 +105,13 @@ def ssd_fwd_kernel(x_ptr, sx_b, sx_l, sx_h, sx_p, dt_ptr, sdt_b, sdt_l, sdt_h, A
         if SAVE_STATES:
             tl.store(states_ptr + ((b * chunks + c) * heads + h) * headdim * n + pn, S, mask=mask_pn)
         xd = x * dt[:, None]
-        scores = tl.dot(Cm, tl.trans(Bm), input_precision=PRECISION) * _decay(cum, T)
-        y = tl.dot(scores, xd, input_precision=PRECISION)
-        y += tl.exp(cum)[:, None] * tl.dot(Cm, tl.trans(S), input_precision=PRECISION)
+        scores = _mm(Cm, tl.trans(Bm), PRECISION) * _decay(cum, T)
+        y = _mm(scores, xd, PRECISION)
+        y += tl.exp(cum)[:, None] * _mm(Cm, tl.trans(S), PRECISION)
         tl.store(y_base + pos[:, None] * sy_l + offs_p[None, :] * sy_p, y, mask=valid[:, None] & mask_p[None, :])
         total = tl.sum(dt * A, axis=0)
         to_end = tl.exp(total - cum)
-        S = tl.exp(total) * S + tl.dot(tl.trans(xd * to_end[:, None]), Bm, input_precision=PRECISION)
+        S = tl.exp(total) * S + _mm(tl.trans(xd * to_end[:, None]), Bm, PRECISION)
     tl.store(final_ptr + state_off + pn, S, mask=mask_pn)
 
 
@@ -137,16 +149,16 @@ def ssd_bwd_kernel(x_ptr, sx_b, sx_l, sx_h, sx_p, dt_ptr, sdt_b, sdt_l, sdt_h, A
         to_end = tl.exp(total - cum)
         from_start = tl.exp(cum)
         decay = _decay(cum, T)
-        scores = tl.dot(Cm, tl.trans(Bm), input_precision=PRECISION) * decay
-        dyx = tl.dot(dy, tl.trans(xd), input_precision=PRECISION)  # [l, s] = dy_l . xd_s
+        scores = _mm(Cm, tl.trans(Bm), PRECISION) * decay
+        dyx = _mm(dy, tl.trans(xd), PRECISION)  # [l, s] = dy_l . xd_s
         w = dyx * decay
-        dC = tl.dot(w, Bm, input_precision=PRECISION)
-        dC += from_start[:, None] * tl.dot(dy, S0, input_precision=PRECISION)
-        dB = tl.dot(tl.trans(w), Cm, input_precision=PRECISION)
-        dB += to_end[:, None] * tl.dot(xd, dS, input_precision=PRECISION)
-        b_ds = tl.dot(Bm, tl.trans(dS), input_precision=PRECISION)  # (T, P): dS B_s
-        dxd = tl.dot(tl.trans(scores), dy, input_precision=PRECISION) + to_end[:, None] * b_ds
-        c_s0 = tl.dot(Cm, tl.trans(S0), input_precision=PRECISION)  # (T, P): S0 C_l
+        dC = _mm(w, Bm, PRECISION)
+        dC += from_start[:, None] * _mm(dy, S0, PRECISION)
+        dB = _mm(tl.trans(w), Cm, PRECISION)
+        dB += to_end[:, None] * _mm(xd, dS, PRECISION)
+        b_ds = _mm(Bm, tl.trans(dS), PRECISION)  # (T, P): dS B_s
+        dxd = _mm(tl.trans(scores), dy, PRECISION) + to_end[:, None] * b_ds
+        c_s0 = _mm(Cm, tl.trans(S0), PRECISION)  # (T, P): S0 C_l
         # d cum: the intra-chunk products move cum_l up and cum_s down; the state terms add theirs.
         gsc = dyx * scores
         into_end = to_end * tl.sum(xd * b_ds, axis=1)
@@ -163,7 +175,7 @@ def ssd_bwd_kernel(x_ptr, sx_b, sx_l, sx_h, sx_p, dt_ptr, sdt_b, sdt_l, sdt_h, A
         mask_tn = valid[:, None] & mask_n[None, :]
         tl.store(dbh_ptr + tn, dB, mask=mask_tn)
         tl.store(dch_ptr + tn, dC, mask=mask_tn)
-        dS = tl.exp(total) * dS + tl.dot(tl.trans(dy * from_start[:, None]), Cm, input_precision=PRECISION)
+        dS = tl.exp(total) * dS + _mm(tl.trans(dy * from_start[:, None]), Cm, PRECISION)
     tl.store(da_ptr + b * heads + h, dA)
     if HAS_INIT:
         tl.store(dinit_ptr + (b * heads + h) * headdim * n + pn, dS, mask=mask_pn)

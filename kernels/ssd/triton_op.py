@@ -25,20 +25,24 @@ def fits(headdim: int, d_state: int) -> bool:
     return bp * bn <= 2**13
 
 
-def kernel_chunk(chunk_size: int, headdim: int, d_state: int) -> int:
-    """The chunk the kernels scan in: chunk_size, or fewer steps (2**18 / padded P * N) where it would not fit."""
-    bp, bn = _padded(headdim, d_state)
-    return min(chunk_size, 2**18 // (bp * bn))
+def kernel_chunk(chunk_size: int) -> int:
+    """The chunk the kernels scan in: chunk_size, at most 32 steps (the result is the same for any chunk).
+    With 64-step chunks, triton 3.6 builds wgmma code for the H100 that faults with an illegal memory access
+    in some configurations (16-bit products, or 8 warps; recorded in BENCHMARKS.md), and heads with padded
+    P * N above 4096 would not fit the backward in shared memory."""
+    return min(chunk_size, 32)
 
 
 def _config(x, B, C, chunk):
-    """Kernel constants; the products' precision is "tf32" for 16-bit x, B and C (exact on their values; the
-    kernels' float32 intermediates round to TF32), else "tf32x3" (three TF32 products, float32's accuracy).
-    The products take float32 operands: with 16-bit operands the H100 backward fails with an illegal memory
-    access at 192 programs of N = 16 (triton 3.6; recorded in BENCHMARKS.md)."""
+    """Kernel constants. The products take bfloat16 (float16) operands where x, B and C are all bfloat16
+    (float16), as mamba_ssm's do, and otherwise float32 operands in "tf32x3" (three TF32 products, float32's
+    accuracy); they accumulate in float32."""
     bp, bn = _padded(x.shape[3], B.shape[3])
-    half = all(t.dtype in (torch.float16, torch.bfloat16) for t in (x, B, C))
-    return dict(T=chunk, BP=bp, BN=bn, PRECISION="tf32" if half else "tf32x3", num_warps=4)
+    precision = "tf32x3"
+    for dtype, name in ((torch.bfloat16, "bf16"), (torch.float16, "fp16")):
+        if all(t.dtype == dtype for t in (x, B, C)):
+            precision = name
+    return dict(T=chunk, BP=bp, BN=bn, PRECISION=precision, num_warps=4)
 
 
 def _shape_args(x, B, chunk_size):
@@ -132,7 +136,7 @@ ssd_fwd.register_autograd(_backward, setup_context=_setup_context)
 def ssd_scan_triton(x, dt, A, B, C, initial_states, chunk_size, reverse):
     """The SSD recurrence (without D and gate) on the Triton kernels: y (batch, L, H, P) float32 and the
     final state (batch, H, P, N) float32, detached. dt: the processed step (batch, L, H) float32."""
-    chunk = kernel_chunk(chunk_size, x.shape[3], B.shape[3])
+    chunk = kernel_chunk(chunk_size)
     inputs = (x, dt, A, B, C, initial_states)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     y, _, final = ssd_fwd(x, dt, A.float(), B, C, None if initial_states is None else initial_states.float(),
