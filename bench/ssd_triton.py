@@ -5,8 +5,8 @@
 REF_SRC holds the mamba_ssm sdist (`../shared/reference/`); its SSD ops are Triton only, so the sdist is
 unpacked (package __init__ reduced to the version, as build_mamba_ssm_reference.py does) and imported
 without building anything. Checks: float32 inputs against the float64 recurrence (forward, final state and
-every gradient; both directions, grouped B/C, odd lengths, length 1, non-contiguous x), bfloat16 inputs
-(forward and gradients), and, after the timings, torch.compile of an ssd layer. The timing table: bf16
+every gradient; both directions, grouped B/C, odd lengths, length 1, non-contiguous x), bfloat16 and
+float16 inputs (forward and gradients), and, after the timings, torch.compile of an ssd layer. The timing table: bf16
 x/B/C/z with D, dt_bias and softplus (as the mixers call it), median of `do_bench`, forward and
 forward+backward, ours, our chunked PyTorch path and mamba_ssm's in the same run. Prints the table last and
 writes DIR/ssd_triton.json after each stage.
@@ -15,6 +15,7 @@ writes DIR/ssd_triton.json after each stage.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -96,16 +97,17 @@ def run_checks():
     check("float32 non-contiguous", rel(mamba_chunk_scan_combined(**views, chunk_size=64, dt_softplus=True),
                                         mamba_chunk_scan_ref(**{k: v.double() for k, v in a.items()},
                                                              dt_softplus=True)), 5e-5)
-    # bf16 x, B, C, z: forward and gradients against float64 on the same rounded inputs.
-    for shape, chunk in CHECK_SHAPES[1:3]:
-        a = inputs(*shape, dtype=torch.bfloat16, seed=4)
+    # bf16 and fp16 x, B, C, z (16-bit products): forward and gradients against float64 on the same rounded inputs.
+    for (shape, chunk), (dtype, tol) in itertools.product(CHECK_SHAPES[1:3], ((torch.bfloat16, 2e-2),
+                                                                              (torch.float16, 5e-3))):
+        a = inputs(*shape, dtype=dtype, seed=4)
         ref = leaves({k: v.double() for k, v in a.items()})
         r = mamba_chunk_scan_ref(**ref, dt_softplus=True)
         g_ref = gradients(r, ref)
         t = leaves(a)
         out = mamba_chunk_scan_combined(**t, chunk_size=chunk, dt_softplus=True, backend="triton")
         g = gradients(out, t)
-        check(f"bf16 {shape}", dict(out=rel(out, r), **{k: rel(g[k], g_ref[k]) for k in g}), 2e-2)
+        check(f"{str(dtype)[6:]} {shape}", dict(out=rel(out, r), **{k: rel(g[k], g_ref[k]) for k in g}), tol)
 
 
 def compile_check():
