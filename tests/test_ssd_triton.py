@@ -67,16 +67,23 @@ def test_non_contiguous_inputs(reverse):
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 3e-3), (torch.bfloat16, 1e-2)])
-def test_low_precision_inputs(dtype, tol):
+@pytest.mark.parametrize("reverse", [False, True])
+def test_low_precision_inputs(dtype, tol, reverse):
     """16-bit x, B, C, z: the kernels' products take 16-bit operands, as mamba_ssm's do (conftest makes the
-    interpreter's bfloat16 arithmetic match the GPU's)."""
+    interpreter's bfloat16 arithmetic match the GPU's). Output, final state and every gradient against the
+    float64 recurrence on the same rounded inputs."""
     a = as_dtype(ssd_inputs(length=100, heads=4, headdim=8, groups=2, n=16, seed=7), dtype)
     assert triton_op._config(a["x"], a["B"], a["C"], 32)["PRECISION"] == {torch.float16: "fp16"}.get(dtype, "bf16")
-    out, last = mamba_chunk_scan_combined(**a, chunk_size=32, return_final_states=True, backend="triton")
-    exact = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in a.items()}
-    ref, ref_last = mamba_chunk_scan_ref(**exact, return_final_states=True)
+    tri = with_grad(a)
+    ref = with_grad({k: v.double() if isinstance(v, torch.Tensor) else v for k, v in a.items()})
+    out, last = mamba_chunk_scan_combined(**tri, chunk_size=32, reverse=reverse, return_final_states=True,
+                                          backend="triton")
+    ref_out, ref_last = mamba_chunk_scan_ref(**ref, reverse=reverse, return_final_states=True)
     assert out.dtype == dtype and torch.isfinite(out).all()
-    assert rel_err(out, ref) < tol and rel_err(last, ref_last) < tol
+    assert rel_err(out, ref_out) < tol and rel_err(last, ref_last) < tol
+    g_tri, g_ref = grads(out.double(), tri), grads(ref_out, ref)
+    for name in g_ref:
+        assert rel_err(g_tri[name], g_ref[name]) < tol, name
 
 
 def test_ssd_layer_same_on_both_backends():
