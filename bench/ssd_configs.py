@@ -36,7 +36,7 @@ from mambamixer.kernels.ssd import triton_op
 precision, T, warps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 batch, length, heads, p, groups, n = map(int, sys.argv[4].split(","))
 picked = triton_op._config
-triton_op.kernel_chunk = lambda chunk_size: T
+triton_op.CHUNK = T
 triton_op._config = lambda x, B, C, chunk: {**picked(x, B, C, chunk), "PRECISION": precision, "num_warps": warps}
 g = torch.Generator(device="cuda").manual_seed(0)
 randn = lambda *shape, scale=1.0: scale * torch.randn(*shape, generator=g, device="cuda")

@@ -12,8 +12,6 @@ from .common import process_dt, skip_and_gate
 if HAS_TRITON:
     from .triton_op import fits, ssd_scan_triton
 
-TRITON_CHUNK_SIZES = (16, 32, 64)  # powers of two: a chunk is a tl.dot operand, at least 16 long
-
 
 def check_ssd_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_limit):
     """Raise ValueError naming the first argument whose type, dtype, device, shape or value is wrong."""
@@ -57,8 +55,8 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
     initial_states then enter at the last position. `seq_idx`, `cu_seqlens` and `return_varlen_states`
     (packed variable-length batches) are not supported and raise ValueError.
     `backend`: "torch" (chunked PyTorch path), "triton" (the Triton kernels: float16, bfloat16 or float32,
-    chunk_size one of TRITON_CHUNK_SIZES, P * N up to 8192; they scan in chunks of at most 32 steps),
-    or "auto" (Triton for CUDA tensors when it can take them).
+    P * N up to 8192; they scan in 32-step chunks whatever chunk_size says), or "auto" (Triton for CUDA
+    tensors when it can take them). The result does not depend on chunk_size.
     """
     for name, value in (("seq_idx", seq_idx), ("cu_seqlens", cu_seqlens)):
         if value is not None:
@@ -66,13 +64,14 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
     if return_varlen_states:
         raise ValueError("return_varlen_states: packed variable-length sequences are not supported; pass False")
     check_ssd_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_limit)
-    takes = HAS_TRITON and chunk_size in TRITON_CHUNK_SIZES and fits(x.shape[3], B.shape[3])
+    takes = not HAS_TRITON or fits(x.shape[3], B.shape[3])  # whether the kernels take these heads
     if backend == "triton" and not takes:
-        _explain_triton_limits(chunk_size, x.shape[3], B.shape[3])
+        raise ValueError(f"x: the Triton kernels take P * N up to 8192 (each padded to a power of two of at least "
+                         f"16), got P={x.shape[3]}, N={B.shape[3]}; use backend='torch'")
     float64 = compute_dtype(x, dt, A, B, C, D, z, dt_bias, initial_states) == torch.float64
     if resolve_backend(backend, x, takes, float64) == "triton":
         step = process_dt(dt, dt_bias, dt_softplus, dt_limit, torch.float32)
-        y, final = ssd_scan_triton(x, step, A, B, C, initial_states, chunk_size, reverse)
+        y, final = ssd_scan_triton(x, step, A, B, C, initial_states, reverse)
         out = skip_and_gate(y, x, D, z).to(x.dtype)
         return (out, final) if return_final_states else out
     out = mamba_chunk_scan_chunked(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus,
@@ -81,12 +80,3 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
         return out[0], out[1].detach()
     return out
 
-
-def _explain_triton_limits(chunk_size, headdim, d_state):
-    """Raise the ValueError that says why the Triton kernels cannot take these sizes."""
-    if chunk_size not in TRITON_CHUNK_SIZES:
-        raise ValueError(f"chunk_size: the Triton kernels take one of {TRITON_CHUNK_SIZES}, got {chunk_size}; "
-                         "use backend='torch' for other sizes")
-    if HAS_TRITON and not fits(headdim, d_state):
-        raise ValueError(f"x: the Triton kernels take P * N up to 8192 (each padded to a power of two of at least 16), "
-                         f"got P={headdim}, N={d_state}; use backend='torch'")

@@ -25,12 +25,11 @@ def fits(headdim: int, d_state: int) -> bool:
     return bp * bn <= 2**13
 
 
-def kernel_chunk(chunk_size: int) -> int:
-    """The chunk the kernels scan in: chunk_size, at most 32 steps (the result is the same for any chunk).
-    With 64-step chunks, triton 3.6 builds wgmma code for the H100 that faults with an illegal memory access
-    in some configurations (16-bit products, or 8 warps; recorded in BENCHMARKS.md), and heads with padded
-    P * N above 4096 would not fit the backward in shared memory."""
-    return min(chunk_size, 32)
+# The chunk the kernels scan in, whatever chunk_size asks for (the result is the same for any chunk). With
+# 64-step chunks, triton 3.6 builds wgmma code for the H100 that faults with an illegal memory access in some
+# configurations (16-bit products, or 8 warps; recorded in BENCHMARKS.md), and heads with padded P * N above
+# 4096 would not fit the backward in shared memory; 32 is the chunk checked on the H100 in every dtype.
+CHUNK = 32
 
 
 def _config(x, B, C, chunk):
@@ -133,12 +132,12 @@ def _backward(ctx, dy, d_states, d_final):
 ssd_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def ssd_scan_triton(x, dt, A, B, C, initial_states, chunk_size, reverse):
-    """The SSD recurrence (without D and gate) on the Triton kernels: y (batch, L, H, P) float32 and the
-    final state (batch, H, P, N) float32, detached. dt: the processed step (batch, L, H) float32."""
-    chunk = kernel_chunk(chunk_size)
+def ssd_scan_triton(x, dt, A, B, C, initial_states, reverse):
+    """The SSD recurrence (without D and gate) on the Triton kernels, in CHUNK-step chunks: y (batch, L, H, P)
+    float32 and the final state (batch, H, P, N) float32, detached. dt: the processed step (batch, L, H)
+    float32."""
     inputs = (x, dt, A, B, C, initial_states)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     y, _, final = ssd_fwd(x, dt, A.float(), B, C, None if initial_states is None else initial_states.float(),
-                          chunk, reverse, save)
+                          CHUNK, reverse, save)
     return y, final.detach()
