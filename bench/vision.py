@@ -1,7 +1,7 @@
 """ViM2 image benchmarks on one GPU: throughput next to timm's references, and digits accuracy by train.py.
 
     python bench/vision.py throughput --out DIR [--models vim2_tiny,...] [--sizes 224,512] [--batch 256]
-                                      [--compile] [--ssm s6|ssd]
+                                      [--compile] [--ssm s6|ssd] [--vmamba DIR]
     python bench/vision.py digits --out DIR [train.py overrides ...]
     python bench/vision.py ddp --out DIR          # on a machine with two GPUs
     python bench/vision.py profile --out DIR [--models vim2_tiny,...] [--sizes 224,...] [--batch 256]
@@ -12,15 +12,20 @@ step) and inference img/s (forward under no_grad) from CUDA-event timing after w
 memory of the training loop. A model that does not fit at the batch is retried at half the batch (the
 table says which batch ran). --compile wraps each model in `torch.compile` (default inductor; compile time
 is spent in the warmup and not timed). --ssm builds the ViM2 models with that scan op (default s6, the
-paper's; ssd: Mamba-2 scalar-A heads) and names the file after it. Writes DIR/vision_throughput.json
-(vision_throughput_compiled.json, vision_throughput_ssd.json).
+paper's; ssd: Mamba-2 scalar-A heads) and names the file after it. --vmamba DIR adds VMamba's
+`vanilla_vmamba_tiny` (the paper-era VMamba-T, mamba_ssm's CUDA scan) and `vmamba_tiny_s1l8` (VMamba-T v2,
+its own CUDA kernels) from a checkout of github.com/MzeroMiko/VMamba whose compiled scan extensions
+(`selective_scan_cuda` of mamba_ssm, `selective_scan_cuda_oflex` of VMamba) are importable; without it,
+or when a model fails to build, those rows are skipped. Prints a table with each model's training and
+inference throughput as a multiple of ConvNeXt-T's and DeiT-S's at the same size. Writes
+DIR/vision_throughput.json (vision_throughput_compiled.json, vision_throughput_ssd.json).
 digits: `python train.py experiment=vim2_digits trainer=gpu` for ViM2 (the experiment's small config and
 vim2_tiny's sizes) and timm's DeiT-Tiny (patch 4 at 32 px) and ResNet-18 with the same data, recipe and
 epochs, one after another. Writes DIR/vision_digits.json.
 ddp: the digits experiment (augmentation off) on one GPU with batch 64 and through DDP on two GPUs with
 batch 32 each (the same global batch and learning rate); prints both runs' per-epoch train and val loss
 and their largest relative difference. Writes DIR/vision_ddp.json.
-profile: the throughput run's training step under torch.profiler; GPU kernel time per step by kind (the
+profile: the throughput run's training step under torch.profiler; GPU kernel time per step and its share by kind (the
 S6 scan kernels of both mixers, GEMMs, normalisation, optimizer, copies, elementwise work, the rest), and
 the training img/s the step would reach if the scan kernels took no time, and the 25 kernels that took the
 most time (ms and launches per step). Writes DIR/vision_profile.json (vision_profile_ssd.json).
@@ -39,9 +44,32 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCES = ["deit_tiny_patch16_224", "deit_small_patch16_224", "convnext_tiny"]
+#: VMamba's models timed with --vmamba: the paper-era VMamba-T that ViM2 builds on, and VMamba-T v2.
+VMAMBA = ["vanilla_vmamba_tiny", "vmamba_tiny_s1l8"]
 
 
-def build(name: str, size: int, ssm: str = "s6"):
+def import_vmamba(root: Path):
+    """VMamba's `classification/models/vmamba.py` from a checkout at root (its FLOP counter's fvcore stubbed)."""
+    import types
+
+    try:
+        import fvcore.nn  # noqa: F401
+    except ImportError:  # vmamba.py imports fvcore only to count FLOPs, which the benchmark does not do
+        fvcore = types.ModuleType("fvcore")
+        fvcore.nn = types.ModuleType("fvcore.nn")
+        for attr in ("FlopCountAnalysis", "flop_count_str", "flop_count", "parameter_count"):
+            setattr(fvcore.nn, attr, None)
+        sys.modules.update({"fvcore": fvcore, "fvcore.nn": fvcore.nn})
+    sys.path.insert(0, str(root / "classification" / "models"))
+    import vmamba
+
+    return vmamba
+
+
+def build(name: str, size: int, ssm: str = "s6", vmamba_root: Path | None = None):
+    if name in VMAMBA:
+        model = getattr(import_vmamba(vmamba_root), name)()
+        return model.cuda().to(memory_format=torch.channels_last)
     import timm
 
     import mambamixer  # noqa: F401  (registers ViM2)
@@ -82,8 +110,8 @@ def training_step(model, run, size: int, batch: int):
 
 
 def measure(name: str, size: int, batch: int, warmup: int, iters: int, compile: bool = False,
-            ssm: str = "s6") -> dict:
-    model = build(name, size, ssm)
+            ssm: str = "s6", vmamba_root: Path | None = None) -> dict:
+    model = build(name, size, ssm, vmamba_root)
     run = torch.compile(model) if compile else model
     train_step, x = training_step(model, run, size, batch)
 
@@ -107,12 +135,13 @@ def measure(name: str, size: int, batch: int, warmup: int, iters: int, compile: 
 
 def throughput(args) -> list[dict]:
     rows = []
+    models = [*args.models, *(VMAMBA if args.vmamba else [])]
     for size in args.sizes:
-        for name in args.models:
+        for name in models:
             batch = args.batch
             while True:
                 try:
-                    row = measure(name, size, batch, args.warmup, args.iters, args.compile, args.ssm)
+                    row = measure(name, size, batch, args.warmup, args.iters, args.compile, args.ssm, args.vmamba)
                     break
                 except torch.OutOfMemoryError:
                     torch.cuda.empty_cache()
@@ -120,10 +149,34 @@ def throughput(args) -> list[dict]:
                     if batch < 8:
                         row = {"model": name, "img_size": size, "error": "out of memory at batch 8"}
                         break
+                except Exception as error:  # a peer's build (VMamba's extensions) failing skips its row
+                    if name not in VMAMBA:
+                        raise
+                    row = {"model": name, "img_size": size, "error": f"{type(error).__name__}: {error}"[:500]}
+                    break
             torch.cuda.empty_cache()
             rows.append(row)
             print(json.dumps(row), flush=True)
+    print_table(rows)
     return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    """A markdown table of the rows, throughput as a multiple of ConvNeXt-T's and DeiT-S's at the same size."""
+    refs = {(r["model"], r["img_size"]): r for r in rows if "error" not in r}
+    print("| model | px | batch | params M | train img/s | infer img/s | train peak GiB "
+          "| train, infer, memory vs ConvNeXt-T | train vs DeiT-S |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['model']} | {r['img_size']} | | | {r['error'][:60]} | | | | |")
+            continue
+        cnx, deit = refs.get(("convnext_tiny", r["img_size"])), refs.get(("deit_small_patch16_224", r["img_size"]))
+        vs_cnx = (f"{r['train_img_s'] / cnx['train_img_s']:.2f}, {r['infer_img_s'] / cnx['infer_img_s']:.2f}, "
+                  f"{r['train_peak_gib'] / cnx['train_peak_gib']:.2f}" if cnx else "")
+        vs_deit = f"{r['train_img_s'] / deit['train_img_s']:.2f}" if deit else ""
+        print(f"| {r['model']} | {r['img_size']} | {r['batch']} | {r['params_m']} | {r['train_img_s']} "
+              f"| {r['infer_img_s']} | {r['train_peak_gib']} | {vs_cnx} | {vs_deit} |")
 
 
 #: Kernel kinds of the profile, by substrings of the kernel name (first match wins; the rest is "other").
@@ -165,6 +218,7 @@ def profile(args) -> list[dict]:
             row = {"model": name, "ssm": args.ssm if name.startswith("vim2") else None, "img_size": size,
                    "batch": args.batch, "step_ms": round(1e3 * step_s, 1),
                    "kernel_ms": {k: round(v, 1) for k, v in kinds.items()}, "kernel_busy_ms": round(busy, 1),
+                   "kernel_share_pct": {k: round(100 * v / busy, 1) for k, v in kinds.items()},
                    "train_img_s": round(args.batch / step_s, 1),
                    "train_img_s_without_scans": round(args.batch / (step_s - kinds["S6 scan kernels"] / 1e3), 1),
                    "top_kernels": [{"ms": round(ms, 2), "calls": calls, "kernel": key}
@@ -257,6 +311,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--ssm", choices=["s6", "ssd"], default="s6")
+    parser.add_argument("--vmamba", type=Path, default=None, help="a VMamba checkout (throughput adds its rows)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args()
     args.out.mkdir(parents=True, exist_ok=True)
