@@ -4,7 +4,7 @@
     python train.py experiment=tsm2_etth2 trainer=gpu
     python train.py -m experiment=tsm2_etth1 data.pred_len=96,192,336,720
     python train.py ckpt_path=outputs/.../checkpoints/last.ckpt   # resume an interrupted run
-    python train.py experiment=vim2_tiny_imagenet trainer=gpu compile=true      # torch.compile the model
+    python train.py experiment=vim2_tiny_imagenet trainer=gpu compile=false     # eager on the GPU too
 
 Prints a metrics table, writes metrics.json into the run's output directory and prints that directory
 as the last line.
@@ -13,11 +13,13 @@ as the last line.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -25,7 +27,27 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from mambamixer.tasks.callbacks import FirstStepTime
 from mambamixer.tasks.config_check import check_config
+from mambamixer.tasks.vision.data import cache_dir
+
+
+def compile_options(cfg: DictConfig) -> dict | None:
+    """torch.compile's arguments for `cfg.compile`, or None to run eagerly.
+
+    "auto" compiles when the trainer runs on a GPU (accelerator gpu or cuda, or auto with CUDA present) and
+    stays eager on CPU, where compiling costs more than it saves; true/false force it; a mapping is
+    torch.compile's arguments.
+    """
+    setting = cfg.get("compile")
+    if setting == "auto":
+        accelerator = str(cfg.trainer.get("accelerator", "auto"))
+        setting = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if isinstance(setting, DictConfig):
+        return OmegaConf.to_container(setting)
+    if not isinstance(setting, bool):
+        raise ValueError(f"compile: expected auto, true, false or torch.compile's arguments, got {setting!r}")
+    return {} if setting else None
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], Path]:
@@ -36,10 +58,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], Path]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, **datamodule.model_kwargs)
-    if cfg.get("compile"):  # in place: parameter names, checkpoints and EMA are unchanged
-        model.compile(**(OmegaConf.to_container(cfg.compile) if isinstance(cfg.compile, DictConfig) else {}))
-    module = instantiate(cfg.task, model=model)
+    options = compile_options(cfg)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    if options is not None:  # in place: parameter names, checkpoints and EMA are unchanged
+        # Inductor's compiled kernels are cached across runs (next to the digits data, not in /tmp).
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
+        model.compile(**options)
+        callbacks.append(FirstStepTime())
+    module = instantiate(cfg.task, model=model)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(out_dir))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -48,6 +74,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], Path]:
     metrics = {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith(("test/", "val/"))}
     metrics.update({"epochs": trainer.current_epoch, "parameters": sum(p.numel() for p in model.parameters()),
                     "wall_time_s": round(time.time() - start, 1)})
+    for callback in callbacks:  # with torch.compile: the first step (which compiles) and the later steps' median
+        if isinstance(callback, FirstStepTime):
+            metrics.update(callback.summary())
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics, out_dir
 

@@ -10,9 +10,10 @@
 throughput: bf16 autocast, channels-last inputs, in one process: training img/s (forward, backward, AdamW
 step) and inference img/s (forward under no_grad) from CUDA-event timing after warmup, and the peak GPU
 memory of the training loop. A model that does not fit at the batch is retried at half the batch (the
-table says which batch ran). --compile wraps each model in `torch.compile` (default inductor; compile time
-is spent in the warmup and not timed). --ssm builds the ViM2 models with that scan op (default s6, the
-paper's; ssd: Mamba-2 scalar-A heads) and names the file after it. --vmamba DIR adds VMamba's
+table says which batch ran). --compile wraps each model in `torch.compile` (default inductor; the rows'
+first_train_step_s and first_infer_step_s hold the compilation, which the timed steps do not). --ssm
+builds the ViM2 models with that scan op (default s6, the paper's; ssd: Mamba-2 scalar-A heads) and names
+the file after it. --vmamba DIR adds VMamba's
 `vanilla_vmamba_tiny` (the paper-era VMamba-T, mamba_ssm's CUDA scan) and `vmamba_tiny_s1l8` (VMamba-T v2,
 its own CUDA kernels) from a checkout of github.com/MzeroMiko/VMamba whose compiled scan extensions
 (`selective_scan_cuda` of mamba_ssm, `selective_scan_cuda_oflex` of VMamba) are importable; without it,
@@ -122,15 +123,18 @@ def measure(name: str, size: int, batch: int, warmup: int, iters: int, compile: 
 
     model.train()
     torch.cuda.reset_peak_memory_stats()
+    first_train_s = timed(train_step, 0, 1)  # with --compile: the compilation of the training graph
     train_s = timed(train_step, warmup, iters)
     peak = torch.cuda.max_memory_allocated() / 2**30
     model.eval()
+    first_infer_s = timed(infer, 0, 1)
     infer_s = timed(infer, warmup, iters)
     params = sum(p.numel() for p in model.parameters())
     return {"model": name, "compiled": compile, "ssm": ssm if name.startswith("vim2") else None, "img_size": size,
             "batch": batch, "params_m": round(params / 1e6, 2),
             "train_img_s": round(batch / train_s, 1), "infer_img_s": round(batch / infer_s, 1),
-            "train_peak_gib": round(peak, 2)}
+            "train_peak_gib": round(peak, 2), "first_train_step_s": round(first_train_s, 1),
+            "first_infer_step_s": round(first_infer_s, 1)}
 
 
 def throughput(args) -> list[dict]:

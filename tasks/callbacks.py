@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 
 import lightning as L
 import numpy as np
@@ -29,3 +30,30 @@ class RNGStateCheckpoint(L.Callback):
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class FirstStepTime(L.Callback):
+    """Wall time of the first training step and the median of the next `steps`: with torch.compile the
+    first step holds the compilation, so their difference is what compiling cost this run."""
+
+    def __init__(self, steps: int = 20):
+        self.steps, self.times, self._start = steps, [], 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if len(self.times) <= self.steps:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if len(self.times) <= self.steps:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.times.append(time.perf_counter() - self._start)
+
+    def summary(self) -> dict[str, float]:
+        """{"first_train_step_s", "train_step_s"} (the later steps' median), or {} before two steps ran."""
+        if len(self.times) < 2:
+            return {}
+        return {"first_train_step_s": round(self.times[0], 2),
+                "train_step_s": round(float(np.median(self.times[1:])), 4)}

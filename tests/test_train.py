@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from mambamixer.tasks.config_check import check_config
+from mambamixer.train import compile_options
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml") if not p.stem.startswith("vim2"))
@@ -57,6 +58,26 @@ def test_compile_gives_the_plain_runs_metrics(tmp_path):
     compiled, _ = metrics_of(run(*TINY, "trainer.max_epochs=1", "compile={backend:eager}",
                                  f"hydra.run.dir={tmp_path / 'compiled'}"))
     assert compiled["test/mse"] == plain["test/mse"] and compiled["test/mae"] == plain["test/mae"]
+    assert compiled["first_train_step_s"] > 0 and compiled["train_step_s"] > 0
+    assert "first_train_step_s" not in plain
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    ([], None),  # compile=auto with the CPU trainer: eager
+    (["trainer=gpu"], {}), (["trainer=ddp"], {}), (["trainer=gpu", "compile=false"], None),
+    (["compile=true"], {}), (["compile={mode:max-autotune}"], {"mode": "max-autotune"}),
+])
+def test_compile_auto_compiles_on_gpus_only(overrides, expected):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    assert compile_options(cfg) == expected
+
+
+def test_bad_compile_value_is_named():
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["compile=sometimes"])
+    with pytest.raises(ValueError, match="compile: expected auto, true, false"):
+        compile_options(cfg)
 
 
 def test_multirun_over_two_horizons(tmp_path):

@@ -150,6 +150,20 @@ def test_bf16_autocast_and_compile():
     torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
 
 
+def test_training_step_on_the_kernels_traces_to_one_graph():
+    """The GPU path (the Triton custom ops) under bf16 autocast compiles with no graph break: a break splits
+    the model into frames, and the blocks' forward, one frame per block index, then hits dynamo's
+    recompile limit and runs eagerly."""
+    model = ViM2(num_classes=3, dims=(8, 16), depths=(2, 1), backend="triton")
+
+    def step(x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(x).float().sum()
+
+    explained = torch._dynamo.explain(step)(torch.randn(2, 3, 32, 32))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
 def test_bad_input_errors():
     model = ViM2(num_classes=3, dims=(8, 16), depths=(1, 1))
     with pytest.raises(ValueError, match=r"x: expected height and width divisible by 8, got \(30, 32\)"):

@@ -92,7 +92,8 @@ def selective_scan_projected_bidirectional_fn(u, A, x_weight, dt_weight, dt_bias
     e = forward[1].shape[0]
     float64 = compute_dtype(*forward, *backward, z) == torch.float64
     backend = resolve_backend(backend, forward[0], has_kernel=True, float64=float64)
-    taps = max((w.shape[1] for w in (forward[6], backward[6]) if w is not None), default=1)
+    # (not max(..., default=1): torch 2.11's dynamo breaks the graph on max's default keyword)
+    taps = 1 if forward[6] is None else max(forward[6].shape[1], backward[6].shape[1])
     if backend == "triton" and e & (e - 1) == 0 and taps <= 4:
         return selective_scan_projected_triton(forward[:6], backward[:6], z, (*forward[6:], *backward[6:]))
     explicit = [_explicit(_conv_silu(args[0], *args[6:], reverse), *args[1:6])
