@@ -4,7 +4,7 @@
     python train.py experiment=tsm2_etth2 trainer=gpu
     python train.py -m experiment=tsm2_etth1 data.pred_len=96,192,336,720
     python train.py ckpt_path=outputs/.../checkpoints/last.ckpt   # resume an interrupted run
-    python train.py experiment=vim2_tiny_imagenet trainer=gpu compile=false     # eager on the GPU too
+    python train.py experiment=vim2_digits trainer=gpu compile=true             # torch.compile the model
 
 Prints a metrics table, writes metrics.json into the run's output directory and prints that directory
 as the last line.

@@ -63,8 +63,10 @@ def test_compile_gives_the_plain_runs_metrics(tmp_path):
 
 
 @pytest.mark.parametrize(("overrides", "expected"), [
-    ([], None),  # compile=auto with the CPU trainer: eager
-    (["trainer=gpu"], {}), (["trainer=ddp"], {}), (["trainer=gpu", "compile=false"], None),
+    ([], None), (["trainer=gpu"], None), (["compile=auto"], None),  # auto with the CPU trainer: eager
+    (["compile=auto", "trainer=gpu"], {}), (["experiment=vim2_tiny_imagenet", "trainer=ddp"], {}),
+    (["experiment=vim2_tiny_imagenet"], None),
+    (["experiment=vim2_tiny_imagenet", "trainer=gpu", "compile=false"], None),
     (["compile=true"], {}), (["compile={mode:max-autotune}"], {"mode": "max-autotune"}),
 ])
 def test_compile_auto_compiles_on_gpus_only(overrides, expected):
