@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import time
 from pathlib import Path
 
@@ -30,6 +31,10 @@ from rich.table import Table
 from mambamixer.tasks.callbacks import FirstStepTime
 from mambamixer.tasks.config_check import check_config
 from mambamixer.tasks.vision.data import cache_dir
+
+# Run folders end in 6 random hex digits (`${run_id:}` in conf/hydra), so runs started in the same second never
+# share one; cached per config like Hydra's `now`, so a run (and every job of a sweep) sees one value.
+OmegaConf.register_new_resolver("run_id", lambda: secrets.token_hex(3), use_cache=True, replace=True)
 
 
 def compile_options(cfg: DictConfig) -> dict | None:
@@ -68,8 +73,21 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], Path]:
     module = instantiate(cfg.task, model=model)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(out_dir))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    best = next((c.best_model_path for c in callbacks if isinstance(c, ModelCheckpoint) and c.best_model_path), None)
+    if trainer.max_epochs == 0 or trainer.max_steps == 0:
+        if not cfg.get("ckpt_path"):
+            raise ValueError("trainer.max_epochs=0 (or max_steps=0) trains nothing: give ckpt_path=... to evaluate "
+                             "a checkpoint, or a positive number of epochs")
+        print(f"trainer.max_epochs=0: no training; evaluating the checkpoint {cfg.ckpt_path}")
+        best = cfg.ckpt_path
+    else:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        if trainer.global_step == 0:
+            raise RuntimeError(
+                f"training ran no optimizer step: the training loader gave {trainer.num_training_batches} batches "
+                f"(data.batch_size={cfg.data.get('batch_size')}; a batch larger than the training set with drop_last "
+                "gives none); lower data.batch_size or check the training split")
+        best = next((c.best_model_path for c in callbacks if isinstance(c, ModelCheckpoint) and c.best_model_path),
+                    None)
     trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
     metrics = {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith(("test/", "val/"))}
     metrics.update({"epochs": trainer.current_epoch, "parameters": sum(p.numel() for p in model.parameters()),

@@ -23,6 +23,15 @@ def check_tensor(name: str, t, dims: str, shape: tuple, device: torch.device) ->
         raise ValueError(f"{name}: expected shape {dims} = ({want}), got {tuple(t.shape)}")
 
 
+def check_pair(names: tuple[str, str], first, second, dims: str, device: torch.device) -> None:
+    """Check `second` against `first`, which was checked already: when their shapes differ, neither can be
+    told the wrong one, so the message names both."""
+    if isinstance(second, torch.Tensor) and second.shape != first.shape:
+        raise ValueError(f"{names[0]}, {names[1]}: expected the same shape {dims}, got {tuple(first.shape)} and "
+                         f"{tuple(second.shape)}")
+    check_tensor(names[1], second, dims, tuple(first.shape), device)
+
+
 def check_optional(name: str, t, dims: str, shape: tuple, device: torch.device) -> None:
     if t is not None:
         check_tensor(name, t, dims, shape, device)

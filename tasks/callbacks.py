@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import random
 import time
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 
 class RNGStateCheckpoint(L.Callback):
@@ -57,3 +59,50 @@ class FirstStepTime(L.Callback):
             return {}
         return {"first_train_step_s": round(self.times[0], 2),
                 "train_step_s": round(float(np.median(self.times[1:])), 4)}
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, made so that a resumed run ends where the uninterrupted one would.
+
+    - Resuming into another run folder keeps the best score and the top-k checkpoints with their scores
+      (Lightning keeps only the best path then, so the first epoch after a resume counted as best and the
+      run was tested on it). The earlier folder's files are never deleted: Lightning removes files inside
+      `dirpath` only.
+    - `last.ckpt` (with `save_last`) holds the last completed epoch: it is written after every epoch, not only
+      when a top-k checkpoint is, so a resume redoes at most the epoch that was interrupted.
+    - Each checkpoint is written to `<name>.partial` and renamed, so a run killed while writing leaves the
+      previous file whole.
+    """
+
+    _last_saved_step = -1
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict({**state_dict, "dirpath": self.dirpath})  # restore everything, any folder
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        epoch_end = not self._should_skip_saving_checkpoint(trainer) and self._should_save_on_train_epoch_end(trainer)
+        super().on_train_epoch_end(trainer, pl_module)
+        if epoch_end:
+            self._save_last_every_epoch(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        epoch_end = not self._should_skip_saving_checkpoint(trainer) and not self._should_save_on_train_epoch_end(
+            trainer)
+        super().on_validation_end(trainer, pl_module)
+        if epoch_end:
+            self._save_last_every_epoch(trainer)
+
+    def _save_last_every_epoch(self, trainer) -> None:
+        if self.save_last and self._last_saved_step != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        self._last_saved_step = trainer.global_step
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        partial = f"{filepath}.partial"
+        super()._save_checkpoint(trainer, partial)
+        if trainer.is_global_zero:
+            os.replace(partial, filepath)
+        self._last_checkpoint_saved = filepath

@@ -60,7 +60,11 @@ SSD_CASES = [
     ("dt", dict(dt=torch.randn(2, 7, 3)), r"dt: expected shape \(batch, L, H\) = \(2, 7, 4\)"),
     ("A", dict(A=torch.randn(4, 1)), r"A: expected shape \(H,\) = \(4\)"),
     ("B", dict(B=torch.randn(2, 7, 3, 5)), r"B: the number of groups \(3\) must divide H"),
-    ("C", dict(C=torch.randn(2, 7, 1, 4)), r"C: expected shape \(batch, L, G, N\) = \(2, 7, 1, 5\)"),
+    ("C", dict(C=torch.randn(2, 7, 1, 4)), r"B, C: expected the same shape \(batch, L, G, N\), got \(2, 7, 1, 5\) and "
+                                           r"\(2, 7, 1, 4\)"),
+    ("B", dict(B=torch.randn(2, 7, 1, 4)), r"B, C: expected the same shape \(batch, L, G, N\), got \(2, 7, 1, 4\) and "
+                                           r"\(2, 7, 1, 5\)"),
+    ("C", dict(C=torch.randn(2, 7, 1, 5, dtype=torch.float64).to(torch.int32)), r"C: expected a real floating dtype"),
     ("chunk_size", dict(chunk_size=0), r"chunk_size: expected a positive int"),
     ("chunk_size", dict(chunk_size=8.0), r"chunk_size: expected a positive int"),
     ("D", dict(D=torch.randn(4, 2)), r"D: expected shape \(H, P\) = \(4, 3\)"),

@@ -2,11 +2,14 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
@@ -92,16 +95,56 @@ def test_multirun_over_two_horizons(tmp_path):
     assert all(json.loads((r / "metrics.json").read_text())["test/mse"] > 0 for r in runs)
 
 
-def test_resume_ends_at_the_uninterrupted_metrics(tmp_path):
-    common = [*TINY, "trainer.max_epochs=3", "callbacks.early_stopping=null", "model.dropout=0.3"]
+def test_run_killed_mid_epoch_resumes_into_a_new_folder_at_the_uninterrupted_metrics(tmp_path):
+    """SIGINT while epoch 2 (of 4) trains, then `ckpt_path=.../last.ckpt` with a new run folder: the resumed run
+    keeps the best score and RNG state, so it tests the checkpoint the uninterrupted run tests."""
+    common = [*TINY, "trainer.max_epochs=4", "trainer.limit_train_batches=40", "callbacks.early_stopping=null",
+              "model.dropout=0.3"]
     whole, _ = metrics_of(run(*common, f"hydra.run.dir={tmp_path / 'whole'}"))
-    # "Interrupted" after the first epoch (3 batches), then resumed from its last checkpoint.
-    run(*common, "trainer.max_steps=3", f"hydra.run.dir={tmp_path / 'first'}")
     last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    first = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *common, f"hydra.run.dir={tmp_path / 'first'}"],
+                             cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (last.exists() and torch.load(last, weights_only=False)["epoch"] >= 1):  # written whole, then renamed
+        assert first.poll() is None and time.time() < deadline, "the run ended before it could be interrupted"
+        time.sleep(0.02)
+    first.send_signal(signal.SIGINT)
+    assert first.wait(timeout=120) != 0 and not (tmp_path / "first" / "metrics.json").exists()
     resumed, _ = metrics_of(run(*common, f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'resumed'}"))
-    assert resumed["epochs"] == whole["epochs"] == 3
+    assert resumed["epochs"] == whole["epochs"] == 4
     for key in ("test/mse", "test/mae"):
         assert resumed[key] == pytest.approx(whole[key], rel=1e-6), key
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = [subprocess.Popen([sys.executable, str(ROOT / "train.py"), *TINY, "trainer.fast_dev_run=true"], cwd=tmp_path,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [r.communicate(timeout=300) for r in runs]
+    assert all(r.returncode == 0 for r in runs), [err[-2000:] for _, err in outputs]
+    folders = {Path(out.strip().splitlines()[-1]) for out, _ in outputs}
+    assert len(folders) == 2 and all((f / "metrics.json").exists() for f in folders)
+    assert len({f.name[:19] for f in folders}) <= 2  # named by the second they started, and a random suffix
+
+
+def test_a_run_that_trains_nothing_fails(tmp_path):
+    result = run(*TINY, "trainer.max_epochs=0", f"hydra.run.dir={tmp_path / 'zero'}", check=False)
+    assert result.returncode != 0 and "trainer.max_epochs=0 (or max_steps=0) trains nothing" in result.stderr
+    assert not (tmp_path / "zero" / "metrics.json").exists()
+    result = run("experiment=vim2_digits", "data.batch_size=2048", "trainer.max_epochs=1", "data.num_workers=0",
+                 f"hydra.run.dir={tmp_path / 'empty'}", check=False)
+    assert result.returncode != 0 and "training ran no optimizer step" in result.stderr, result.stderr[-2000:]
+    assert "data.batch_size=2048" in result.stderr and not (tmp_path / "empty" / "metrics.json").exists()
+
+
+def test_max_epochs_zero_with_a_checkpoint_only_evaluates_it(tmp_path):
+    trained, _ = metrics_of(run(*TINY, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'trained'}"))
+    last = tmp_path / "trained" / "checkpoints" / "last.ckpt"
+    result = run(*TINY, "trainer.max_epochs=0", f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert f"no training; evaluating the checkpoint {last}" in result.stdout
+    evaluated, _ = metrics_of(result)
+    assert evaluated["test/mse"] == pytest.approx(trained["test/mse"], rel=1e-6)
 
 
 def test_mistyped_override_fails_before_any_data_is_read():

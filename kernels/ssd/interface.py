@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .._backend import HAS_TRITON, resolve_backend
-from .._checks import check_groups, check_optional, check_tensor, compute_dtype
+from .._checks import check_groups, check_optional, check_pair, check_tensor, compute_dtype
 from .chunked import mamba_chunk_scan_chunked
 from .common import process_dt, skip_and_gate
 
@@ -26,7 +26,7 @@ def check_ssd_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt
     check_tensor("A", A, "(H,)", (heads,), dev)
     check_tensor("B", B, "(batch, L, G, N)", (batch, length, None, None), dev)
     check_groups("B", B.shape[2], heads, "H (x.shape[2])")
-    check_tensor("C", C, "(batch, L, G, N)", tuple(B.shape), dev)
+    check_pair(("B", "C"), B, C, "(batch, L, G, N)", dev)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
     if isinstance(D, torch.Tensor) and D.dim() == 2:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_groups, check_optional, check_tensor, compute_dtype
+from .._checks import check_groups, check_optional, check_pair, check_tensor, compute_dtype
 from .common import process_dt, skip_and_gate
 
 
@@ -26,7 +26,7 @@ def ssd_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_sof
     check_tensor("A", A, "(H,)", (heads,), dev)
     check_tensor("B", B, "(batch, G, N)", (batch, None, n), dev)
     check_groups("B", B.shape[1], heads, "H")
-    check_tensor("C", C, "(batch, G, N)", tuple(B.shape), dev)
+    check_pair(("B", "C"), B, C, "(batch, G, N)", dev)
     if D is not None:
         check_tensor("D", D, "(H,) or (H, P)", (heads,) if D.dim() == 1 else (heads, p), dev)
     check_optional("z", z, "(batch, H, P)", (batch, heads, p), dev)

@@ -10,6 +10,7 @@ only; metrics are computed on the scaled values, as the protocol does.
 from __future__ import annotations
 
 import csv
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -45,7 +46,10 @@ def _parse_date(text: str, path: Path, row: int) -> datetime:
 
 
 def read_csv(path: Path, target: str) -> tuple[list[str], np.ndarray, list[datetime]]:
-    """Columns (without `date`), values (rows, columns) float32 and dates; the target column moved last."""
+    """Columns (without `date`), values (rows, columns) float32 and dates; the target column moved last.
+
+    Rows are in date order: a file with two rows of one date is rejected; one out of order is sorted, with a
+    warning that says so."""
     if not path.is_file():
         raise ValueError(f"data: file not found: {path}")
     with path.open(newline="") as f:
@@ -71,6 +75,17 @@ def read_csv(path: Path, target: str) -> tuple[list[str], np.ndarray, list[datet
     order = [c for c in header if c != target] + [target]
     values = values[:, [header.index(c) for c in order]]
     dates = [_parse_date(row[0], path, i + 2) for i, row in enumerate(body)]
+    seen = {}
+    for i, date in enumerate(dates):
+        if date in seen:
+            raise ValueError(f"{path}: rows {seen[date] + 2} and {i + 2} have the same date {date}")
+        seen[date] = i
+    late = next((i for i in range(1, len(dates)) if dates[i] < dates[i - 1]), None)
+    if late is not None:
+        warnings.warn(f"{path}: dates out of order (row {late + 2}, {dates[late]}, comes after {dates[late - 1]}); "
+                      "the rows are sorted by date", stacklevel=2)
+        rows_by_date = sorted(range(len(dates)), key=dates.__getitem__)
+        values, dates = values[rows_by_date], [dates[i] for i in rows_by_date]
     return order, values, dates
 
 
@@ -150,7 +165,8 @@ class ForecastingDataModule(L.LightningDataModule):
             raise ValueError(f"data.split: expected one of {SPLITS}, got {split!r}")
         if features not in FEATURES:
             raise ValueError(f"data.features: expected one of {FEATURES}, got {features!r}")
-        for name, value in (("seq_len", seq_len), ("pred_len", pred_len), ("batch_size", batch_size)):
+        for name, value in (("seq_len", seq_len), ("pred_len", pred_len), ("batch_size", batch_size),
+                            ("eval_batch_size", eval_batch_size)):
             if value < 1:
                 raise ValueError(f"data.{name}: expected a positive int, got {value}")
         self.path = (Path(root).expanduser() if root is not None else BUNDLED) / file

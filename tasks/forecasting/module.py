@@ -10,6 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 
+from ..finite import check_finite
+
 
 class ForecastingModule(L.LightningModule):
     """Wraps a forecaster `model(x, covariates=None) -> (batch, pred_len, n_vars)`.
@@ -17,11 +19,14 @@ class ForecastingModule(L.LightningModule):
     Loss and metrics compare the last `y.shape[-1]` predicted variates with `y` (all variates for
     features M and S, the target alone for MS). `optimizer` and `scheduler` are partials from the config
     (`torch.optim.AdamW`, a `torch.optim.lr_scheduler` class, ...); the scheduler steps every epoch.
+    `check_finite`: stop training at the first step whose loss or inputs are not finite (`check_finite`).
     """
 
-    def __init__(self, model: nn.Module, optimizer: Callable, scheduler: Callable | None = None):
+    def __init__(self, model: nn.Module, optimizer: Callable, scheduler: Callable | None = None,
+                 check_finite: bool = True):
         super().__init__()
         self.model, self.optimizer_factory, self.scheduler_factory = model, optimizer, scheduler
+        self.check_finite = check_finite
         metrics = MetricCollection({"mse": MeanSquaredError(), "mae": MeanAbsoluteError()})
         self.val_metrics, self.test_metrics = metrics.clone(prefix="val/"), metrics.clone(prefix="test/")
 
@@ -31,6 +36,8 @@ class ForecastingModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = F.mse_loss(self(batch), batch["y"])
+        if self.check_finite:
+            check_finite(loss, batch, self.global_step, self.current_epoch, batch_idx)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["y"]))
         return loss
 

@@ -15,6 +15,8 @@ from timm.scheduler import CosineLRScheduler
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..finite import check_finite
+
 
 class ClassificationModule(L.LightningModule):
     """Wraps a classifier `model(images) -> logits (batch, num_classes)`.
@@ -25,12 +27,14 @@ class ClassificationModule(L.LightningModule):
     biases, 1-D parameters and the model's `no_weight_decay()` names go without). Schedule: cosine per step
     with `warmup_epochs` of linear warmup (timm's CosineLRScheduler). Loss: soft-target cross entropy for
     Mixup/CutMix targets, else cross entropy with `label_smoothing`. Val/test: loss, top-1 and top-5.
+    `check_finite`: stop training at the first step whose loss or images are not finite (`check_finite`).
     """
 
     def __init__(self, model: nn.Module, optimizer: Callable, base_lr: float = 5e-4, base_batch: int = 512,
                  weight_decay: float = 0.05, warmup_epochs: float = 5, warmup_lr: float = 1e-6, min_lr: float = 1e-5,
-                 label_smoothing: float = 0.1):
+                 label_smoothing: float = 0.1, check_finite: bool = True):
         super().__init__()
+        self.check_finite = check_finite
         self.model, self.optimizer_factory = model, optimizer
         self.base_lr, self.base_batch, self.weight_decay = base_lr, base_batch, weight_decay
         self.warmup_epochs, self.warmup_lr, self.min_lr = warmup_epochs, warmup_lr, min_lr
@@ -52,6 +56,8 @@ class ClassificationModule(L.LightningModule):
             loss = self.soft_loss(logits, targets)
         else:
             loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        if self.check_finite:
+            check_finite(loss, {"images": images, "targets": targets}, self.global_step, self.current_epoch, batch_idx)
         self.log("train/loss", loss, prog_bar=True, on_epoch=True, batch_size=len(images), sync_dist=True)
         return loss
 

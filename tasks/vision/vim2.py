@@ -175,6 +175,13 @@ default_cfgs = generate_default_cfgs({"vim2_tiny": _cfg(), "vim2_small": _cfg(),
 def _create(variant: str, pretrained: bool, **kwargs) -> ViM2:
     if pretrained:
         raise ValueError(f"pretrained: no pretrained weights are published for {variant}")
+    out_indices, stages = kwargs.get("out_indices"), len(kwargs["depths"])
+    if out_indices is not None:
+        valid = (1 <= out_indices <= stages if isinstance(out_indices, int) else
+                 len(out_indices) > 0 and all(isinstance(i, int) and -stages <= i < stages for i in out_indices))
+        if not valid:
+            raise ValueError(f"out_indices: expected stage indices in [-{stages}, {stages}) or a count of last stages "
+                             f"1..{stages} ({variant} here has {stages} stages), got {out_indices!r}")
     return build_model_with_cfg(ViM2, variant, pretrained,
                                 feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)), **kwargs)
 
