@@ -154,6 +154,7 @@ def test_bfloat16_autocast():
     y.float().sum().backward()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ssm", ["s6", "ssd"])
 def test_torch_compile(ssm):
     torch.manual_seed(0)

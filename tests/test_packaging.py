@@ -27,6 +27,7 @@ def wheel(tmp_path_factory) -> Path:
     return built
 
 
+@pytest.mark.slow
 def test_wheel_holds_only_the_mambamixer_namespace(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {name.split("/")[0] for name in names}
@@ -42,6 +43,7 @@ def test_wheel_holds_only_the_mambamixer_namespace(wheel):
     assert {f"mambamixer/data/ett/{f}" for f in ("ETTh1.csv", "LICENSE", "README.md")} <= set(names)
 
 
+@pytest.mark.slow
 def test_wheel_installs_and_imports_every_module(wheel, tmp_path):
     """The wheel alone (no checkout, no editable install) in a fresh virtual environment that sees this
     environment's packages: every module imports and the console script answers."""
@@ -84,6 +86,7 @@ def test_ruff_is_clean():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_console_script_trains_from_any_directory(tmp_path):
     """The installed `mambamixer-train` finds its configs and the bundled data without the checkout's cwd."""
     script = Path(sys.executable).with_name("mambamixer-train")

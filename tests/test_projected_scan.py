@@ -224,6 +224,7 @@ def test_bad_conv_names_the_argument(conv, message):
                                                for k, v in conv.items()})
 
 
+@pytest.mark.slow
 def test_kernels_under_torch_compile():
     """torch.compile traces the Triton path's custom ops in one graph (with the conv, as the channel mixer
     calls it); same values and gradients."""
@@ -241,6 +242,7 @@ def test_kernels_under_torch_compile():
         assert rel_err(mine, exact) < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("taps,layout", [(0, "channels"), (4, "tokens")])
 def test_custom_ops_pass_opcheck(taps, layout):
     """Schema, fake (meta) shapes and strides (following u's layout) and autograd registration of the

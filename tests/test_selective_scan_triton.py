@@ -131,6 +131,7 @@ def test_bidirectional_layer_same_on_both_backends():
     assert_backends_agree(SelectiveSSM(8, d_state=4, bidirectional=True, causal=False), torch.randn(2, 9, 8))
 
 
+@pytest.mark.slow
 def test_torch_compile_traces_the_custom_op():
     """fullgraph: dynamo and AOT autograd go through mambamixer::selective_scan_fwd / _bwd without a break."""
     a = with_grad(as_float(s6_inputs(length=9, seed=10)))
@@ -216,6 +217,7 @@ def test_column_order_scans_the_grid_down_its_columns(small_blocks, height, widt
         assert rel_err(g_tri[name], g_ref[name]) < 1e-5, name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout,cols", [("channels", 0), ("tokens", 3)])
 def test_scan_custom_ops_pass_opcheck(layout, cols):
     """Schema, fake tensors (shapes and the layout-following strides) and autograd registration of

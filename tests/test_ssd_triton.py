@@ -113,6 +113,7 @@ def test_no_states_saved_without_grad():
     assert states.numel() == 0
 
 
+@pytest.mark.slow
 def test_ssd_custom_ops_pass_opcheck():
     """Schema, fake tensors and autograd registration of mambamixer::ssd_fwd / _bwd."""
     a = with_grad(as_dtype(ssd_inputs(length=20, groups=2, seed=9)))

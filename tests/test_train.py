@@ -37,6 +37,7 @@ def metrics_of(result: subprocess.CompletedProcess) -> tuple[dict, Path]:
     return json.loads((out_dir / "metrics.json").read_text()), out_dir
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_fast_dev_run_of_every_experiment(experiment, tmp_path):
     result = run(f"experiment={experiment}", "trainer.fast_dev_run=true", f"hydra.run.dir={tmp_path}",
@@ -46,6 +47,7 @@ def test_fast_dev_run_of_every_experiment(experiment, tmp_path):
     assert {"test/mse", "test/mae"} <= set(metrics) and metrics["test/mse"] > 0
 
 
+@pytest.mark.slow
 def test_default_run_writes_metrics_plot_and_checkpoints(tmp_path):
     metrics, out_dir = metrics_of(run(*TINY, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path}"))
     assert metrics["epochs"] == 1 and metrics["test/mse"] > 0
@@ -54,6 +56,7 @@ def test_default_run_writes_metrics_plot_and_checkpoints(tmp_path):
     assert (out_dir / "logs" / "metrics.csv").exists()
 
 
+@pytest.mark.slow
 def test_compile_gives_the_plain_runs_metrics(tmp_path):
     """compile= compiles the model in place; dynamo traces it with a dynamic batch size (training, then
     evaluation batches), and the eager backend keeps the test quick. Same data, seed and numbers."""
@@ -85,6 +88,7 @@ def test_bad_compile_value_is_named():
         compile_options(cfg)
 
 
+@pytest.mark.slow
 def test_multirun_over_two_horizons(tmp_path):
     result = run("-m", "experiment=tsm2_etth1", "data.pred_len=8,16", *[o for o in TINY if "pred_len" not in o],
                  "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}")
@@ -95,6 +99,7 @@ def test_multirun_over_two_horizons(tmp_path):
     assert all(json.loads((r / "metrics.json").read_text())["test/mse"] > 0 for r in runs)
 
 
+@pytest.mark.slow
 def test_run_killed_mid_epoch_resumes_into_a_new_folder_at_the_uninterrupted_metrics(tmp_path):
     """SIGINT while epoch 2 (of 4) trains, then `ckpt_path=.../last.ckpt` with a new run folder: the resumed run
     keeps the best score and RNG state, so it tests the checkpoint the uninterrupted run tests."""
@@ -117,6 +122,7 @@ def test_run_killed_mid_epoch_resumes_into_a_new_folder_at_the_uninterrupted_met
         assert resumed[key] == pytest.approx(whole[key], rel=1e-6), key
 
 
+@pytest.mark.slow
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     runs = [subprocess.Popen([sys.executable, str(ROOT / "train.py"), *TINY, "trainer.fast_dev_run=true"], cwd=tmp_path,
@@ -128,6 +134,7 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
     assert len({f.name[:19] for f in folders}) <= 2  # named by the second they started, and a random suffix
 
 
+@pytest.mark.slow
 def test_a_run_that_trains_nothing_fails(tmp_path):
     result = run(*TINY, "trainer.max_epochs=0", f"hydra.run.dir={tmp_path / 'zero'}", check=False)
     assert result.returncode != 0 and "trainer.max_epochs=0 (or max_steps=0) trains nothing" in result.stderr
@@ -138,6 +145,7 @@ def test_a_run_that_trains_nothing_fails(tmp_path):
     assert "data.batch_size=2048" in result.stderr and not (tmp_path / "empty" / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_max_epochs_zero_with_a_checkpoint_only_evaluates_it(tmp_path):
     trained, _ = metrics_of(run(*TINY, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'trained'}"))
     last = tmp_path / "trained" / "checkpoints" / "last.ckpt"
@@ -147,6 +155,7 @@ def test_max_epochs_zero_with_a_checkpoint_only_evaluates_it(tmp_path):
     assert evaluated["test/mse"] == pytest.approx(trained["test/mse"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_mistyped_override_fails_before_any_data_is_read():
     result = run("data.pred_lenn=96", "data.root=/nonexistent", check=False)
     assert result.returncode != 0
@@ -169,6 +178,7 @@ def test_mistyped_key_in_a_config_file_is_named():
         check_config(cfg)
 
 
+@pytest.mark.slow
 def test_appended_unknown_key_is_rejected_before_any_data_is_read():
     result = run("+model.d_modle=8", "data.root=/nonexistent", check=False)
     assert result.returncode != 0

@@ -100,7 +100,8 @@ def test_ssd_variant_runs_and_differs_from_s6():
     assert not torch.allclose(s6(x), y)
 
 
-@pytest.mark.parametrize("name", sorted(PARAMS))
+@pytest.mark.parametrize("name", [n if n == "vim2_tiny" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(PARAMS)])
 def test_registered_models_build_run_and_count(name):
     """Forward and backward at two resolutions (no parameter depends on the image size)."""
     model = timm.create_model(name, num_classes=5)
@@ -140,6 +141,7 @@ def test_timm_head_api_and_pretrained_cfg():
     assert {"A_log", "D", "alpha"} <= {n.rsplit(".", 1)[-1] for n in model.no_weight_decay()}
 
 
+@pytest.mark.slow
 def test_bf16_autocast_and_compile():
     model = ViM2(num_classes=3, dims=(8, 16), depths=(1, 1))
     x = torch.randn(2, 3, 32, 32)
@@ -150,6 +152,7 @@ def test_bf16_autocast_and_compile():
     torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_training_step_on_the_kernels_traces_to_one_graph():
     """The GPU path (the Triton custom ops) under bf16 autocast compiles with no graph break: a break splits
     the model into frames, and the blocks' forward, one frame per block index, then hits dynamo's

@@ -35,6 +35,7 @@ def test_digits_tree_is_real_and_complete(digits):
     assert sorted(p.name for p in (digits / "train").iterdir()) == [str(d) for d in range(10)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", VISION)
 def test_fast_dev_run_of_every_vision_experiment(experiment, digits, tmp_path):
     """The ImageNet recipes run on the digits folder at 32 px (bf16 autocast on CPU), the digits one as is."""
@@ -44,6 +45,7 @@ def test_fast_dev_run_of_every_vision_experiment(experiment, digits, tmp_path):
     assert {"test/top1", "test/top5", "test/loss"} <= set(metrics) and metrics["test/loss"] > 0
 
 
+@pytest.mark.slow
 def test_synthetic_data_and_global_batch_in_log(tmp_path):
     result = run("experiment=vim2_digits", "data=synthetic", "data.img_size=32", "data.batch_size=8",
                  "data.num_classes=4", "data.synthetic_size=16", "data.num_workers=0", "trainer.max_epochs=1",
@@ -53,6 +55,7 @@ def test_synthetic_data_and_global_batch_in_log(tmp_path):
     assert "global batch 8 -> peak lr 0.00025" in (out_dir / "train.log").read_text() + result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_resume_ends_at_the_uninterrupted_metrics(digits, tmp_path, monkeypatch):
     """A run that died after its first epoch, resumed from last.ckpt: the optimizer, the per-step cosine
     schedule, the EMA weights, Mixup/augmentation RNG and the sampler order continue, so every later metric

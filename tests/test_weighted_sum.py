@@ -76,6 +76,7 @@ def test_auto_uses_the_chain_on_cpu(monkeypatch):
     assert rel_err(weighted_sum(weights, tensors), weighted_sum_ref(weights, tensors)) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["auto", "triton"])
 def test_torch_compile_traces_the_chain(backend):
     """Under torch.compile the op is the multiply-add chain, in one graph, whatever the backend."""
