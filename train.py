@@ -28,9 +28,9 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from mambamixer.tasks.callbacks import FirstStepTime
-from mambamixer.tasks.config_check import check_config
 from mambamixer.tasks.vision.data import cache_dir
+from mambamixer.utils.callbacks import FirstStepTime
+from mambamixer.utils.config_check import check_config
 
 # Run folders end in 6 random hex digits (`${run_id:}` in conf/hydra), so runs started in the same second never
 # share one; cached per config like Hydra's `now`, so a run (and every job of a sweep) sees one value.

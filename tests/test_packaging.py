@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The package folders of the repository root; the wheel must hold every package below them.
-PACKAGE_FOLDERS = {"kernels", "mixer", "tasks", "conf"}
+PACKAGE_FOLDERS = {"kernels", "mixer", "tasks", "utils", "conf"}
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader
 
 import mambamixer  # noqa: F401  (registers ViM2)
-from mambamixer.tasks.callbacks import RunCheckpoint
-from mambamixer.tasks.config_check import check_config
 from mambamixer.tasks.forecasting.data import ForecastingDataModule, read_csv
 from mambamixer.tasks.forecasting.module import ForecastingModule
+from mambamixer.utils.callbacks import RunCheckpoint
+from mambamixer.utils.config_check import check_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,14 +13,13 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
-from mambamixer.tasks.config_check import check_config
 from mambamixer.train import compile_options
+from mambamixer.utils.config_check import check_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml") if not p.stem.startswith("vim2"))
-# Small and quick: the protocol's code paths on short windows and a few batches.
-TINY = ["data.seq_len=64", "data.pred_len=16", "model.d_model=8", "trainer.limit_train_batches=3",
-        "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "data.batch_size=8", "data.eval_batch_size=64"]
+# Small and quick: the protocol's code paths on short windows and a few batches (conf/debug/tiny.yaml).
+TINY = ["debug=tiny"]
 
 
 def run(*overrides: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -90,7 +89,7 @@ def test_bad_compile_value_is_named():
 
 @pytest.mark.slow
 def test_multirun_over_two_horizons(tmp_path):
-    result = run("-m", "experiment=tsm2_etth1", "data.pred_len=8,16", *[o for o in TINY if "pred_len" not in o],
+    result = run("-m", "experiment=tsm2_etth1", "data.pred_len=8,16", *TINY,
                  "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}")
     runs = sorted(p.parent for p in tmp_path.rglob("metrics.json"))
     assert len(runs) == 2, result.stdout[-2000:]
@@ -156,8 +155,8 @@ def test_max_epochs_zero_with_a_checkpoint_only_evaluates_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_mistyped_override_fails_before_any_data_is_read():
-    result = run("data.pred_lenn=96", "data.root=/nonexistent", check=False)
+def test_mistyped_override_fails_before_any_data_is_read(tmp_path):
+    result = run("data.pred_lenn=96", "data.root=/nonexistent", f"hydra.run.dir={tmp_path}", check=False)
     assert result.returncode != 0
     assert "pred_lenn" in result.stderr and "not found" not in result.stderr
 
@@ -179,8 +178,8 @@ def test_mistyped_key_in_a_config_file_is_named():
 
 
 @pytest.mark.slow
-def test_appended_unknown_key_is_rejected_before_any_data_is_read():
-    result = run("+model.d_modle=8", "data.root=/nonexistent", check=False)
+def test_appended_unknown_key_is_rejected_before_any_data_is_read(tmp_path):
+    result = run("+model.d_modle=8", "data.root=/nonexistent", f"hydra.run.dir={tmp_path}", check=False)
     assert result.returncode != 0
     assert "config key 'model.d_modle'" in result.stderr and "not found" not in result.stderr
 

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 
-from ..finite import check_finite
+from ...utils.finite import check_finite
 
 
 class ForecastingModule(L.LightningModule):

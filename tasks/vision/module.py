@@ -15,7 +15,7 @@ from timm.scheduler import CosineLRScheduler
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..finite import check_finite
+from ...utils.finite import check_finite
 
 
 class ClassificationModule(L.LightningModule):
