@@ -61,11 +61,14 @@ class MambaMixerBlock(nn.Module):
         return y_token, y_channel
 
 
-def run_blocks(blocks, x: torch.Tensor) -> torch.Tensor:
-    """Feed x through MambaMixerBlocks 1..n, each seeing every earlier output; the last channel-mixer output."""
+def run_blocks(blocks, x: torch.Tensor, token_states: dict | None = None) -> torch.Tensor:
+    """Feed x through MambaMixerBlocks 1..n, each seeing every earlier output; the last channel-mixer output.
+
+    `token_states`, if given, maps a block's position in `blocks` to its token mixer's streaming state.
+    """
     tokens, channels = [x], [x]
-    for block in blocks:
-        y_token, y_channel = block(tokens, channels)
+    for index, block in enumerate(blocks):
+        y_token, y_channel = block(tokens, channels, token_state=(token_states or {}).get(index))
         tokens.append(y_token)
         channels.append(y_channel)
     return channels[-1]

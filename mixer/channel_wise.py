@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from ..kernels import selective_scan_projected_bidirectional_fn
-from .selective_ssm import _ScanDirection
+from .selective_ssm import scan_direction
 
 
 class ChannelWiseSelectiveMixer(nn.Module):
@@ -47,9 +47,11 @@ class ChannelWiseSelectiveMixer(nn.Module):
         bound = 1 / math.sqrt(expand)
         self.out_weight = nn.Parameter(torch.empty(dim, expand).uniform_(-bound, bound))
         self.out_bias = nn.Parameter(torch.empty(dim).uniform_(-bound, bound))
+        # Per direction: e = expand features per channel step, dt rank 1; with ssm="ssd" one head of e.
         self.directions = nn.ModuleList(
-            _ScanDirection(expand, d_state, d_conv, 1, ssm, expand, 1, chunk_size, True, reverse, True, dt_min,
-                           dt_max, dt_init_floor, backend)
+            scan_direction(ssm, expand, dt_rank=1, headdim=expand, ngroups=1, chunk_size=chunk_size, d_state=d_state,
+                           d_conv=d_conv, causal=True, reverse=reverse, conv_bias=True, dt_min=dt_min, dt_max=dt_max,
+                           dt_init_floor=dt_init_floor, backend=backend)
             for reverse in (False, True)
         )
 
@@ -71,11 +73,7 @@ class ChannelWiseSelectiveMixer(nn.Module):
         if self.ssm == "s6":
             # Tokens folded into channels, (batch, tokens * e, dim) seen through a transpose; the conv and delta,
             # B and C computed per token from its e features.
-            pair = [(u.flatten(2).mT, -torch.exp(d.A_log.float()), d.x_proj.weight, d.dt_proj.weight[:, 0],
-                     d.dt_proj.bias.float(), d.D.float(), *((None, None) if d.conv1d is None else
-                                                            (d.conv1d.weight[:, 0], d.conv1d.bias)))
-                    for d in self.directions]
-            *scan, conv_weight, conv_bias = zip(*pair)
+            *scan, conv_weight, conv_bias = zip(*((u.flatten(2).mT, *d.projected_args()) for d in self.directions))
             y = selective_scan_projected_bidirectional_fn(*scan, z=z.flatten(2).mT, conv_weight=conv_weight,
                                                           conv_bias=conv_bias, backend=self.directions[0].backend)
             y = y.mT.unflatten(2, (tokens, e))

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..kernels import selective_scan_bidirectional_fn
-from .selective_ssm import _ScanDirection, check_ssd_heads
+from .selective_ssm import check_ssd_heads, scan_direction
 
 
 class CrossScanSSM(nn.Module):
@@ -45,8 +45,9 @@ class CrossScanSSM(nn.Module):
         self.conv2d = nn.Conv2d(d_inner, d_inner, d_conv, padding=d_conv // 2, groups=d_inner, bias=conv_bias)
         # Row-major forwards, backwards; column-major forwards, backwards.
         self.directions = nn.ModuleList(
-            _ScanDirection(d_inner, d_state, 0, dt_rank, ssm, headdim, ngroups, chunk_size, False, reverse,
-                           conv_bias, dt_min, dt_max, dt_init_floor, backend)
+            scan_direction(ssm, d_inner, dt_rank=dt_rank, headdim=headdim, ngroups=ngroups, chunk_size=chunk_size,
+                           d_state=d_state, d_conv=0, causal=False, reverse=reverse, conv_bias=conv_bias,
+                           dt_min=dt_min, dt_max=dt_max, dt_init_floor=dt_init_floor, backend=backend)
             for _ in range(2) for reverse in (False, True)
         )
         self.out_proj = nn.Linear(d_inner, dim, bias=bias)
@@ -54,7 +55,7 @@ class CrossScanSSM(nn.Module):
     def _s6_orders(self, u: torch.Tensor, z: torch.Tensor, height: int) -> torch.Tensor:
         """u, z: (batch, L, d_inner), the tokens row-major -> the four scans' gated sum, (batch, L, d_inner)."""
         params = F.linear(u, torch.cat([direction.x_proj.weight for direction in self.directions]))
-        per_direction = [direction.s6_scan_args(u.mT, p)  # p: (batch, L, dt_rank + 2N)
+        per_direction = [direction.scan_args(u.mT, p)  # p: (batch, L, dt_rank + 2N)
                          for direction, p in zip(self.directions, params.chunk(4, dim=-1))]
         backend = self.directions[0].backend
         rows = selective_scan_bidirectional_fn(*zip(*per_direction[:2]), z=z.mT, delta_softplus=True, backend=backend)

@@ -16,7 +16,7 @@ PARAMS = {"vim2_tiny": (19_346_044, 20e6), "vim2_small": (44_536_153, 43e6), "vi
 
 def reference_scan(direction, u, z, reverse):
     """One S6 direction by the float64 recurrence on (batch, d, L) inputs; reverse = flip, scan, flip back."""
-    uu, delta, A, B, C, D, bias = direction.s6_inputs(u)
+    uu, delta, A, B, C, D, bias = direction.scan_inputs(u)
     if reverse:
         uu, delta, B, C, z = (t.flip(-1) for t in (uu, delta, B, C, z))
     y = selective_scan_ref(uu, delta, A, B, C, D, z, bias, delta_softplus=True)

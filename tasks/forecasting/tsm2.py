@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from ...mixer import AlongAxis, MambaMixerBlock, SelectiveSSM
+from ...mixer.block import run_blocks
 
 
 class VariateFeatureNorm(nn.Module):
@@ -102,12 +103,7 @@ class TSM2(nn.Module):
             c = self.dropout(self.covariate_embed(covariate_patches))
             c = self.covariate_block([c], [c], token_state=states.get("covariates"))[1]
             h = torch.cat([h, c], dim=1)
-        tokens, channels = [h], [h]
-        for index, block in enumerate(self.blocks):
-            y_token, y_channel = block(tokens, channels, token_state=states.get(index))
-            tokens.append(y_token)
-            channels.append(y_channel)
-        return channels[-1][:, : self.n_vars]
+        return run_blocks(self.blocks, h, states)[:, : self.n_vars]
 
     def _head(self, features):
         """features (B, M, P, D) -> (B, M, pred_len)."""
