@@ -77,7 +77,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], Path]:
         if not cfg.get("ckpt_path"):
             raise ValueError("trainer.max_epochs=0 (or max_steps=0) trains nothing: give ckpt_path=... to evaluate "
                              "a checkpoint, or a positive number of epochs")
-        print(f"trainer.max_epochs=0: no training; evaluating the checkpoint {cfg.ckpt_path}")
+        print(f"trainer.max_epochs=0 (or max_steps=0): no training; evaluating the checkpoint {cfg.ckpt_path}")
         best = cfg.ckpt_path
     else:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
