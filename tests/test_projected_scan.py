@@ -130,15 +130,16 @@ def check_kernels_with_every_gradient(fwd, bwd, z, layout="channels"):
         assert err < 2e-5, name
 
 
-@pytest.mark.parametrize("length,e,n", [(1, 2, 3), (7, 1, 3), (40, 2, 3), (7, 4, 16), (40, 4, 5), (7, 3, 3)])
+@pytest.mark.parametrize("length,e,n", [(1, 2, 3), (7, 1, 3), (7, 4, 16), *(pytest.param(*c, marks=pytest.mark.slow)
+                                                                     for c in [(40, 2, 3), (40, 4, 5), (7, 3, 3)])])
 def test_kernels_match_recurrence_with_every_gradient(length, e, n):
     """PROJ mode as the launcher configures it (40 steps cross two saved-state chunks); e = 3, not a power of
     two, takes the explicit delta/B/C through the generic kernels."""
     check_kernels_with_every_gradient(*inputs(e=e, n=n, length=length, seed=length + 10 * e))
 
 
-@pytest.mark.parametrize("length,e,taps", [(1, 2, 4), (3, 2, 4), (7, 1, 2), (40, 2, 4), (70, 4, 3), (9, 2, 1),
-                                            (9, 2, 5)])
+@pytest.mark.parametrize("length,e,taps", [(1, 2, 4), (3, 2, 4), (7, 1, 2), (9, 2, 1), *(
+    pytest.param(*c, marks=pytest.mark.slow) for c in [(40, 2, 4), (70, 4, 3), (9, 2, 5)])])
 def test_kernels_with_conv_match_recurrence_with_every_gradient(length, e, taps):
     """The conv and SiLU before each direction's scan, computed in the kernels: lengths shorter than the conv,
     one step, several saved-state chunks (the conv's window reloaded at each chunk start), 1 to 4 taps; 5 taps
@@ -146,7 +147,8 @@ def test_kernels_with_conv_match_recurrence_with_every_gradient(length, e, taps)
     check_kernels_with_every_gradient(*inputs(e=e, n=5, length=length, seed=length + taps, taps=taps))
 
 
-@pytest.mark.parametrize("length,e,taps", [(1, 2, 4), (40, 2, 4), (33, 4, 3)])
+@pytest.mark.parametrize("length,e,taps", [(1, 2, 4), *(pytest.param(*c, marks=pytest.mark.slow)
+                                                     for c in [(40, 2, 4), (33, 4, 3)])])
 def test_kernels_on_token_major_inputs(length, e, taps):
     """u and z stored (batch, L, groups * e), as `ChannelWiseSelectiveMixer` passes them (each step's loads
     and stores one contiguous run): same values and gradients, output in that layout."""
@@ -159,7 +161,8 @@ def test_torch_path_with_conv_matches_recurrence(length, e):
     assert rel_err(call(fwd, bwd, z, backend="torch"), by_recurrence(fwd, bwd, z)) < 1e-12
 
 
-@pytest.mark.parametrize("per_program,e,groups", [(1, 2, 5), (16, 4, 3), (2, 2, 11)])
+@pytest.mark.parametrize("per_program,e,groups", [(16, 4, 3), *(pytest.param(*c, marks=pytest.mark.slow)
+                                                          for c in [(1, 2, 5), (2, 2, 11)])])
 def test_kernels_with_any_groups_per_program(monkeypatch, per_program, e, groups):
     """Programs owning one or several groups (each summing B, C and delta over its own e rows; the last
     program partly filled), across three saved-state chunks."""

@@ -42,18 +42,20 @@ def small_blocks(monkeypatch):
                                                                                   8, 1))
 
 
-@pytest.mark.parametrize("length", [1, 7, 129])
+@pytest.mark.parametrize("length", [1, 7, pytest.param(129, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("groups", [None, 2])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_forward_and_gradients_match_recurrence(length, groups, reverse):
     check_against_reference(s6_inputs(length=length, groups=groups, seed=length), reverse=reverse)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reverse", [False, True])
 def test_many_chunks_and_part_filled_programs(small_blocks, reverse):
     check_against_reference(s6_inputs(dim=5, n=5, length=129, seed=3), reverse=reverse)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reverse", [False, True])
 def test_batch_split_across_launches(monkeypatch, reverse):
     """Batches past the grid's 65535 rows, or whose backward scratch would exceed the budget, run as

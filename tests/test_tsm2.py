@@ -67,6 +67,7 @@ def test_forecast_is_causal_in_time_up_to_the_normalisation():
     assert not torch.allclose(streams[0].features[-1], streams[1].features[-1])
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_a_batch():
     torch.manual_seed(0)
     model = small(n_vars=2, n_covariates=2, d_model=32)
