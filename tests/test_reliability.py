@@ -17,6 +17,7 @@ from mambamixer.tasks.forecasting.data import ForecastingDataModule, read_csv
 from mambamixer.tasks.forecasting.module import ForecastingModule
 from mambamixer.utils.callbacks import RunCheckpoint
 from mambamixer.utils.config_check import check_config
+from mambamixer.utils.finite import check_finite
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,6 +88,14 @@ def test_non_finite_input_is_named():
     module.trainer = L.Trainer(logger=False)
     with pytest.raises(FloatingPointError, match=r"non-finite x, loss at training step 0 \(epoch 0, batch 7\)"):
         module.training_step(batch, 7)
+
+
+def test_every_process_stops_when_one_sees_a_non_finite_value():
+    """Under DDP the verdict is reduced over processes: a process whose own batch is finite stops too."""
+    batch = {"x": torch.randn(2, 4, 3)}
+    check_finite(torch.tensor(1.0), batch, 3, 0, 3, all_processes=lambda ok: ok)
+    with pytest.raises(FloatingPointError, match=r"non-finite values in another process at training step 3"):
+        check_finite(torch.tensor(1.0), batch, 3, 0, 3, all_processes=lambda ok: False)
 
 
 @pytest.mark.parametrize(("override", "message"), [

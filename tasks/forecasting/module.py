@@ -37,7 +37,8 @@ class ForecastingModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         loss = F.mse_loss(self(batch), batch["y"])
         if self.check_finite:
-            check_finite(loss, batch, self.global_step, self.current_epoch, batch_idx)
+            check_finite(loss, batch, self.global_step, self.current_epoch, batch_idx,
+                         self.trainer.strategy.reduce_boolean_decision)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["y"]))
         return loss
 

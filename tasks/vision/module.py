@@ -57,7 +57,8 @@ class ClassificationModule(L.LightningModule):
         else:
             loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
         if self.check_finite:
-            check_finite(loss, {"images": images, "targets": targets}, self.global_step, self.current_epoch, batch_idx)
+            check_finite(loss, {"images": images, "targets": targets}, self.global_step, self.current_epoch, batch_idx,
+                         self.trainer.strategy.reduce_boolean_decision)
         self.log("train/loss", loss, prog_bar=True, on_epoch=True, batch_size=len(images), sync_dist=True)
         return loss
 
