@@ -61,7 +61,9 @@ def import_vmamba(root: Path):
         for attr in ("FlopCountAnalysis", "flop_count_str", "flop_count", "parameter_count"):
             setattr(fvcore.nn, attr, None)
         sys.modules.update({"fvcore": fvcore, "fvcore.nn": fvcore.nn})
-    sys.path.insert(0, str(root / "classification" / "models"))
+    models = str(root / "classification" / "models")
+    if models not in sys.path:
+        sys.path.insert(0, models)
     import vmamba
 
     return vmamba

@@ -19,7 +19,8 @@ class ForecastingModule(L.LightningModule):
     Loss and metrics compare the last `y.shape[-1]` predicted variates with `y` (all variates for
     features M and S, the target alone for MS). `optimizer` and `scheduler` are partials from the config
     (`torch.optim.AdamW`, a `torch.optim.lr_scheduler` class, ...); the scheduler steps every epoch.
-    `check_finite`: stop training at the first step whose loss or inputs are not finite (`check_finite`).
+    `check_finite`: stop training at the first step whose loss or inputs are not finite
+    (`mambamixer.utils.finite.check_finite`).
     """
 
     def __init__(self, model: nn.Module, optimizer: Callable, scheduler: Callable | None = None,

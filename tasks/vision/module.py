@@ -27,7 +27,8 @@ class ClassificationModule(L.LightningModule):
     biases, 1-D parameters and the model's `no_weight_decay()` names go without). Schedule: cosine per step
     with `warmup_epochs` of linear warmup (timm's CosineLRScheduler). Loss: soft-target cross entropy for
     Mixup/CutMix targets, else cross entropy with `label_smoothing`. Val/test: loss, top-1 and top-5.
-    `check_finite`: stop training at the first step whose loss or images are not finite (`check_finite`).
+    `check_finite`: stop training at the first step whose loss or images are not finite
+    (`mambamixer.utils.finite.check_finite`).
     """
 
     def __init__(self, model: nn.Module, optimizer: Callable, base_lr: float = 5e-4, base_batch: int = 512,
