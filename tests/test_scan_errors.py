@@ -89,8 +89,6 @@ def test_ssd_errors(name, change, message):
 def test_step_errors():
     state = torch.zeros(2, 4, 3)
     x, dt, A, B = torch.randn(2, 4), torch.randn(2, 4), -torch.rand(4, 3), torch.randn(2, 3)
-    with pytest.raises(ValueError, match=r"state: expected float32 or float64"):
-        selective_state_update(state.half(), x, dt, A, B, B)
     with pytest.raises(ValueError, match=r"x: expected shape \(batch, dim\) = \(2, 4\)"):
         selective_state_update(state, x[:, :3], dt, A, B, B)
     with pytest.raises(ValueError, match=r"B: the number of groups \(3\) must divide dim"):
