@@ -116,6 +116,29 @@ def test_mixed_groups_for_B_and_C():
     torch.testing.assert_close(selective_scan_fn(**a), selective_scan_ref(**a))
 
 
+@pytest.mark.parametrize("which", ["B", "C", "BC"])
+@pytest.mark.parametrize("groups", [None, 2])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_time_invariant_B_or_C(which, groups, reverse):
+    """A time-invariant B or C (dim, N), as mamba_ssm takes it: equal to the same values given per channel at
+    every step (grouped (batch, dim, N, L)), forward, last state and gradients, in float64 and float32."""
+    a = s6_inputs(length=37, groups=groups, seed=9)
+    g = torch.Generator().manual_seed(1)
+    for name in which:
+        a[name] = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    expanded = {k: v[None, :, :, None].expand(2, -1, -1, 37) if k in which else v for k, v in a.items()}
+    inv, exp = with_grad(a), with_grad(expanded)
+    out, last = selective_scan_fn(**inv, return_last_state=True, reverse=reverse)
+    ref, ref_last = selective_scan_ref(**exp, return_last_state=True, reverse=reverse)
+    assert rel_err(out, ref) < 1e-12 and rel_err(last, ref_last) < 1e-12
+    g_inv, g_exp = grads(out, inv), grads(ref, exp)
+    for name in g_inv:  # the per-step copies' gradients sum to the time-invariant one's
+        want = g_exp[name].sum((0, 3)) if name in which else g_exp[name]
+        assert rel_err(g_inv[name], want) < 1e-12, name
+    f32 = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in a.items()}
+    assert rel_err(selective_scan_fn(**f32, reverse=reverse), ref) < 1e-5
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 def test_non_contiguous_inputs(reverse):
     a = s6_inputs(length=13, groups=2, seed=3)

@@ -85,7 +85,8 @@ def scan_(x: torch.Tensor, a: torch.Tensor, backward: bool = False) -> torch.Ten
 class _Scan(torch.autograd.Function):
     """Time-major selective scan: y_t = <h_t, C_t>, h_t = exp(dt_t A) h_{t-1} + x_t B_t, h_{-1} = 0.
 
-    dt, x: (L, batch, G, dim / G, 1); A: (G, dim / G, N); B, C: (L, batch, 1 or G, 1, N).
+    dt, x: (L, batch, G, dim / G, 1); A: (G, dim / G, N); B, C: (L, batch, 1 or G, 1, N), or (1, 1, G, 1, N)
+    when time-invariant.
     Returns y (L, batch, G, dim / G) and the last state (batch, G, dim / G, N).
     """
 
@@ -119,7 +120,10 @@ class _Scan(torch.autograd.Function):
 
 
 def _time_major(BC: torch.Tensor, groups: int, dtype) -> torch.Tensor:
-    """(batch, N, L) or (batch, G', N, L) -> (L, batch, G', 1, N), broadcastable over the channel groups."""
+    """(batch, N, L) or (batch, G', N, L) -> (L, batch, G', 1, N), broadcastable over the channel groups;
+    time-invariant (dim, N) (then groups = dim) -> (1, 1, dim, 1, N)."""
+    if BC.dim() == 2:
+        return BC.to(dtype)[None, None, :, None, :]
     if BC.dim() == 3:
         BC = BC[:, None]
     if BC.shape[1] not in (1, groups):  # B and C grouped differently: repeat into the finer grouping
@@ -133,7 +137,8 @@ def selective_scan_fast(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
     dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     batch, dim, length = u.shape
     n = A.shape[1]
-    groups = math.lcm(*(1 if t.dim() == 3 else t.shape[1] for t in (B, C)))
+    # A time-invariant B or C is per channel: then every channel is its own group.
+    groups = dim if 2 in (B.dim(), C.dim()) else math.lcm(*(1 if t.dim() == 3 else t.shape[1] for t in (B, C)))
     dt = delta.to(dtype)
     if delta_bias is not None:
         dt = dt + delta_bias.to(dtype)[:, None]

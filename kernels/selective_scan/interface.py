@@ -16,8 +16,10 @@ def _check_bc(name, t, batch, n, length, dim, dev):
     if isinstance(t, torch.Tensor) and t.dim() == 4:
         check_tensor(name, t, "(batch, G, N, L)", (batch, None, n, length), dev)
         check_groups(name, t.shape[1], dim, "dim")
+    elif isinstance(t, torch.Tensor) and t.dim() == 2:
+        check_tensor(name, t, "(dim, N) (time-invariant)", (dim, n), dev)
     else:
-        check_tensor(name, t, "(batch, N, L) or (batch, G, N, L)", (batch, n, length), dev)
+        check_tensor(name, t, "(batch, N, L), (batch, G, N, L) or (dim, N)", (batch, n, length), dev)
 
 
 def check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias):
@@ -43,19 +45,23 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
                       return_last_state=False, *, reverse=False, backend="auto"):
     """Mamba-1 selective scan (S6), argument-compatible with mamba_ssm's `selective_scan_fn`.
 
-    u, delta, z: (batch, dim, L); A: (dim, N) real; B, C: (batch, N, L) or grouped (batch, G, N, L) with G
-    dividing dim; D, delta_bias: (dim,). delta += delta_bias, then softplus if `delta_softplus`;
+    u, delta, z: (batch, dim, L); A: (dim, N) real; B, C: (batch, N, L), grouped (batch, G, N, L) with G
+    dividing dim, or time-invariant (dim, N); D, delta_bias: (dim,). delta += delta_bias, then softplus if `delta_softplus`;
         h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t,   out_t = (<h_t, C_t> + D u_t) * silu(z_t).
     State in float32 (float64 for float64 inputs) whatever the input dtype; out in u's dtype, (batch, dim, L).
     `return_last_state` also returns the final state (batch, dim, N) (not differentiated through).
     `reverse=True` scans from the last position to the first (equal to flipping inputs and output).
     `backend`: "torch" (the fast PyTorch path), "triton" (the Triton kernels: CUDA tensors, or CPU tensors
-    under TRITON_INTERPRET=1; not float64), or "auto" (Triton for CUDA tensors that are not float64, else
-    "torch").
+    under TRITON_INTERPRET=1; not float64, time-varying B and C only), or "auto" (Triton for CUDA tensors
+    that it takes, else "torch").
     """
     check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias)
+    invariant = [name for name, t in (("B", B), ("C", C)) if t.dim() == 2]
+    if invariant and backend == "triton":
+        raise ValueError(f"{invariant[0]}: the Triton kernels take time-varying B and C ((batch, N, L) or "
+                         "(batch, G, N, L)); a time-invariant (dim, N) one runs with backend='torch' or 'auto'")
     float64 = compute_dtype(u, delta, A, B, C, D, z, delta_bias) == torch.float64
-    if resolve_backend(backend, u, has_kernel=True, float64=float64) == "triton":
+    if resolve_backend(backend, u, has_kernel=not invariant, float64=float64) == "triton":
         return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, reverse)
     out = selective_scan_fast(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, reverse)
     if return_last_state:

@@ -13,8 +13,11 @@ import torch.nn.functional as F
 from .._checks import compute_dtype
 
 
-def per_channel(BC: torch.Tensor, dim: int) -> torch.Tensor:
-    """(batch, N, L) or grouped (batch, G, N, L) -> (batch, dim, N, L); channel d uses group d // (dim / G)."""
+def per_channel(BC: torch.Tensor, dim: int, length: int) -> torch.Tensor:
+    """(batch, N, L), grouped (batch, G, N, L) or time-invariant (dim, N) -> (batch or 1, dim, N, L);
+    channel d uses group d // (dim / G)."""
+    if BC.dim() == 2:
+        return BC[None, :, :, None].expand(-1, -1, -1, length)
     if BC.dim() == 3:
         return BC.unsqueeze(1).expand(-1, dim, -1, -1)
     return BC.repeat_interleave(dim // BC.shape[1], dim=1)
@@ -22,7 +25,8 @@ def per_channel(BC: torch.Tensor, dim: int) -> torch.Tensor:
 
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        return_last_state=False, reverse=False):
-    """u, delta, z: (batch, dim, L); A: (dim, N); B, C: (batch, N, L) or (batch, G, N, L); D, delta_bias: (dim,).
+    """u, delta, z: (batch, dim, L); A: (dim, N); B, C: (batch, N, L), (batch, G, N, L) or (dim, N);
+    D, delta_bias: (dim,).
 
     Returns out (batch, dim, L) in u's dtype, and with `return_last_state` the state after the last step
     processed, (batch, dim, N), in float32 (float64 for float64 inputs).
@@ -34,7 +38,7 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
         dt = dt + delta_bias.to(dtype)[:, None]
     if delta_softplus:
         dt = F.softplus(dt)
-    Bf, Cf = per_channel(B.to(dtype), dim), per_channel(C.to(dtype), dim)
+    Bf, Cf = (per_channel(t.to(dtype), dim, length) for t in (B, C))
     h = torch.zeros(batch, dim, Af.shape[1], dtype=dtype, device=u.device)
     ys = [None] * length
     for t in (reversed(range(length)) if reverse else range(length)):
