@@ -74,7 +74,6 @@ SSD_CASES = [
     ("dt_bias", dict(dt_bias=torch.randn(3)), r"dt_bias: expected shape \(H,\)"),
     ("initial_states", dict(initial_states=torch.randn(2, 4, 3, 4)), r"initial_states: expected shape"),
     ("dt_limit", dict(dt_limit=(0.5, 0.1)), r"dt_limit: expected \(low, high\)"),
-    ("seq_idx", dict(seq_idx=torch.zeros(2, 7, dtype=torch.int32)), r"seq_idx: packed variable-length"),
     ("backend", dict(backend="cuda"), r"backend: expected one of"),
     ("backend", dict(backend="triton", x=torch.randn(2, 7, 4, 3, dtype=torch.float64)),
      r"backend: 'triton' takes float32, float16 or bfloat16 inputs, got float64"),

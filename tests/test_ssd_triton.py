@@ -109,20 +109,21 @@ def test_no_states_saved_without_grad():
     assert not out.requires_grad
     torch.testing.assert_close(out, mamba_chunk_scan_combined(**a, chunk_size=16, backend="torch"))
     step = torch.rand(2, 40, 4)
-    _, states, _ = triton_op.ssd_fwd(a["x"], step, a["A"], a["B"], a["C"], None, 16, False, False)
+    _, states, _ = triton_op.ssd_fwd(a["x"], step, a["A"], a["B"], a["C"], None, None, 16, False, False)
     assert states.numel() == 0
 
 
 @pytest.mark.slow
 def test_ssd_custom_ops_pass_opcheck():
-    """Schema, fake tensors and autograd registration of mambamixer::ssd_fwd / _bwd."""
+    """Schema, fake tensors and autograd registration of mambamixer::ssd_fwd / _bwd, with packed sequences."""
     a = with_grad(as_dtype(ssd_inputs(length=20, groups=2, seed=9)))
-    args = (a["x"], a["dt"].detach().abs().requires_grad_(), a["A"], a["B"], a["C"], a["initial_states"], 16, True,
-            True)
+    seq = (torch.arange(20) < 7).int().expand(2, 20).contiguous()  # nondecreasing in reverse scan order
+    args = (a["x"], a["dt"].detach().abs().requires_grad_(), a["A"], a["B"], a["C"], a["initial_states"], seq, 16,
+            True, True)
     torch.library.opcheck(triton_op.ssd_fwd, args)
     y, states, _ = triton_op.ssd_fwd(*args)
-    detached = [t.detach() for t in (torch.randn_like(y), *args[:5], states)]
-    torch.library.opcheck(triton_op.ssd_bwd, (*detached, True, 16, True))
+    detached = [t.detach() for t in (torch.randn_like(y), *args[:5])]
+    torch.library.opcheck(triton_op.ssd_bwd, (*detached, seq, states.detach(), True, 16, True))
 
 
 def test_largest_heads_the_kernels_take():

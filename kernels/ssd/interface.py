@@ -8,9 +8,10 @@ from .._backend import HAS_TRITON, resolve_backend
 from .._checks import check_groups, check_optional, check_pair, check_tensor, compute_dtype
 from .chunked import mamba_chunk_scan_chunked
 from .common import process_dt, skip_and_gate
+from .varlen import check_seq_args, scan_segments, varlen_states
 
 if HAS_TRITON:
-    from .triton_op import fits, ssd_scan_triton
+    from .triton_op import CHUNK, fits, ssd_scan_triton
 
 
 def check_ssd_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_limit):
@@ -52,18 +53,19 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
     Any L (padded internally to a multiple of `chunk_size`). Out in x's dtype; state in float32.
     `return_final_states` also returns the final state (batch, H, P, N) (not differentiated through).
     `reverse=True` scans from the last position to the first (equal to flipping inputs and output);
-    initial_states then enter at the last position. `seq_idx`, `cu_seqlens` and `return_varlen_states`
-    (packed variable-length batches) are not supported and raise ValueError.
+    initial_states then enter at the last position.
+    Packed variable-length sequences: `seq_idx` (batch, L) integer ids (a new sequence starts wherever the id
+    changes; no state crosses a start; the initial state enters the first sequence), or `cu_seqlens`
+    (num_seqs + 1,) boundaries along L (batch 1; seq_idx is derived from it, and must agree when both are
+    given). `return_varlen_states` also returns each sequence's state after its last step, (num_seqs, H, P,
+    N), not differentiated through; out stays differentiable. Returns out, then the final state if asked,
+    then the varlen states if asked.
     `backend`: "torch" (chunked PyTorch path), "triton" (the Triton kernels: float16, bfloat16 or float32,
     P * N up to 8192; they scan in 32-step chunks whatever chunk_size says), or "auto" (Triton for CUDA
     tensors when it can take them). The result does not depend on chunk_size.
     """
-    for name, value in (("seq_idx", seq_idx), ("cu_seqlens", cu_seqlens)):
-        if value is not None:
-            raise ValueError(f"{name}: packed variable-length sequences are not supported; pass None")
-    if return_varlen_states:
-        raise ValueError("return_varlen_states: packed variable-length sequences are not supported; pass False")
     check_ssd_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_limit)
+    seq_idx = check_seq_args(seq_idx, cu_seqlens, return_varlen_states, x.shape[0], x.shape[1], x.device)
     takes = not HAS_TRITON or fits(x.shape[3], B.shape[3])  # whether the kernels take these heads
     if backend == "triton" and not takes:
         raise ValueError(f"x: the Triton kernels take P * N up to 8192 (each padded to a power of two of at least "
@@ -71,12 +73,17 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
     float64 = compute_dtype(x, dt, A, B, C, D, z, dt_bias, initial_states) == torch.float64
     if resolve_backend(backend, x, takes, float64) == "triton":
         step = process_dt(dt, dt_bias, dt_softplus, dt_limit, torch.float32)
-        y, final = ssd_scan_triton(x, step, A, B, C, initial_states, reverse)
-        out = skip_and_gate(y, x, D, z).to(x.dtype)
-        return (out, final) if return_final_states else out
-    out = mamba_chunk_scan_chunked(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus,
-                                   dt_limit, return_final_states, reverse)
-    if return_final_states:
-        return out[0], out[1].detach()
+        seq = None if seq_idx is None else scan_segments(seq_idx, reverse)
+        y, final, entering = ssd_scan_triton(x, step, A, B, C, initial_states, seq, reverse, return_varlen_states)
+        result = (skip_and_gate(y, x, D, z).to(x.dtype),) + ((final,) if return_final_states else ())
+        if return_varlen_states:
+            with torch.no_grad():
+                result += (varlen_states(x.float(), step, A.float(), B.float(), cu_seqlens, entering[0], CHUNK,
+                                         reverse),)
+        return result if len(result) > 1 else result[0]
+    out = mamba_chunk_scan_chunked(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens,
+                                   dt_softplus, dt_limit, return_final_states, return_varlen_states, reverse)
+    if isinstance(out, tuple):
+        return (out[0], *(t.detach() for t in out[1:]))
     return out
 

@@ -8,6 +8,8 @@ Each line is a few (T, T), (T, N) and (P, N) matrix products on tensor cores (`_
 operands' type); the state stays in registers from chunk to chunk. The forward saves S0 of every chunk when
 gradients are needed; the backward walks the chunks in reverse carrying dS (the gradient of S_end). Steps
 past L are masked to dt = 0 and zero inputs, which adds nothing. REVERSE scans from position L - 1 down to 0.
+With HAS_SEQ, packed sequences: seq holds each position's sequence id, nondecreasing in scan order, and every
+decay factor that would cross a sequence start is zero (`_chunk_decays`).
 """
 
 import triton
@@ -60,6 +62,33 @@ def _decay(cum, T: tl.constexpr):
 
 
 @triton.jit
+def _chunk_decays(cum, total, c, pos, valid, length, seq_ptr, sseq_b, sseq_l, b, T: tl.constexpr,
+                  REVERSE: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """The chunk's decay factors: (T, T) between its steps (`_decay`), (T,) from its start to each step and
+    from each step to its end, and the scalar over the whole chunk. With HAS_SEQ each is zero where a sequence
+    starts in between: steps of different sequences, steps after a start inside the chunk (from the start),
+    steps before the chunk's last sequence (to the end)."""
+    decay = _decay(cum, T)
+    from_start = tl.exp(cum)
+    to_end = tl.exp(total - cum)
+    whole = tl.exp(total)
+    if HAS_SEQ:
+        seq_base = seq_ptr + b * sseq_b
+        seq = tl.load(seq_base + pos * sseq_l, mask=valid, other=0)
+        last = tl.max(tl.where(valid, seq, -1), axis=0)
+        seq = tl.where(valid, seq, last)  # steps past L belong to the last sequence
+        before = c * T - 1  # the step before the chunk, in scan order; the initial state's sequence is 0
+        if REVERSE:
+            before = length - 1 - before
+        prev = tl.load(seq_base + before * sseq_l, mask=c > 0, other=0)
+        decay = tl.where(seq[:, None] == seq[None, :], decay, 0.0)
+        from_start = tl.where(seq == prev, from_start, 0.0)
+        to_end = tl.where(seq == last, to_end, 0.0)
+        whole = tl.where(last == prev, whole, 0.0)
+    return decay, from_start, to_end, whole
+
+
+@triton.jit
 def _program(x_ptr, sx_b, sx_h, dt_ptr, sdt_b, sdt_h, b_ptr, sb_b, sb_g, c_ptr, sc_b, sc_g, heads, headdim, n,
              heads_per_group, BP: tl.constexpr, BN: tl.constexpr):
     """This program's batch row b (int64) and head h; lanes over P and N with their masks; the (P, N)
@@ -80,10 +109,11 @@ def _program(x_ptr, sx_b, sx_h, dt_ptr, sdt_b, sdt_h, b_ptr, sb_b, sb_g, c_ptr, 
 @triton.jit
 def ssd_fwd_kernel(x_ptr, sx_b, sx_l, sx_h, sx_p, dt_ptr, sdt_b, sdt_l, sdt_h, A_ptr,
                    b_ptr, sb_b, sb_l, sb_g, sb_n, c_ptr, sc_b, sc_l, sc_g, sc_n,
+                   seq_ptr, sseq_b, sseq_l,
                    init_ptr, y_ptr, sy_b, sy_l, sy_h, sy_p, states_ptr, final_ptr,
                    length, heads, headdim, n, heads_per_group, chunks,
                    T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PRECISION: tl.constexpr,
-                   HAS_INIT: tl.constexpr, REVERSE: tl.constexpr, SAVE_STATES: tl.constexpr):
+                   HAS_INIT: tl.constexpr, REVERSE: tl.constexpr, SAVE_STATES: tl.constexpr, HAS_SEQ: tl.constexpr):
     """y (batch, L, H, P) float32 without D and gate; with SAVE_STATES, states (batch, chunks, H, P, N) = S0
     of each chunk in scan order; final (batch, H, P, N). initial (batch, H, P, N) and states are contiguous
     float32."""
@@ -102,27 +132,29 @@ def ssd_fwd_kernel(x_ptr, sx_b, sx_l, sx_h, sx_p, dt_ptr, sdt_b, sdt_l, sdt_h, A
         pos, valid = _chunk_positions(c, length, T, REVERSE)
         dt, x, Bm, Cm, cum = _load_chunk(x_base, sx_l, sx_p, dt_base, sdt_l, b_base, sb_l, sb_n, c_base, sc_l, sc_n,
                                          pos, valid, offs_p, offs_n, mask_p, mask_n, A)
+        total = tl.sum(dt * A, axis=0)
+        decay, from_start, to_end, whole = _chunk_decays(cum, total, c, pos, valid, length, seq_ptr, sseq_b, sseq_l,
+                                                         b, T, REVERSE, HAS_SEQ)
         if SAVE_STATES:
             tl.store(states_ptr + ((b * chunks + c) * heads + h) * headdim * n + pn, S, mask=mask_pn)
         xd = x * dt[:, None]
-        scores = _mm(Cm, tl.trans(Bm), PRECISION) * _decay(cum, T)
+        scores = _mm(Cm, tl.trans(Bm), PRECISION) * decay
         y = _mm(scores, xd, PRECISION)
-        y += tl.exp(cum)[:, None] * _mm(Cm, tl.trans(S), PRECISION)
+        y += from_start[:, None] * _mm(Cm, tl.trans(S), PRECISION)
         tl.store(y_base + pos[:, None] * sy_l + offs_p[None, :] * sy_p, y, mask=valid[:, None] & mask_p[None, :])
-        total = tl.sum(dt * A, axis=0)
-        to_end = tl.exp(total - cum)
-        S = tl.exp(total) * S + _mm(tl.trans(xd * to_end[:, None]), Bm, PRECISION)
+        S = whole * S + _mm(tl.trans(xd * to_end[:, None]), Bm, PRECISION)
     tl.store(final_ptr + state_off + pn, S, mask=mask_pn)
 
 
 @triton.jit
 def ssd_bwd_kernel(x_ptr, sx_b, sx_l, sx_h, sx_p, dt_ptr, sdt_b, sdt_l, sdt_h, A_ptr,
                    b_ptr, sb_b, sb_l, sb_g, sb_n, c_ptr, sc_b, sc_l, sc_g, sc_n,
+                   seq_ptr, sseq_b, sseq_l,
                    dy_ptr, sdy_b, sdy_l, sdy_h, sdy_p, states_ptr,
                    dx_ptr, ddt_ptr, dbh_ptr, dch_ptr, da_ptr, dinit_ptr,
                    length, heads, headdim, n, heads_per_group, chunks,
                    T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PRECISION: tl.constexpr,
-                   HAS_INIT: tl.constexpr, REVERSE: tl.constexpr):
+                   HAS_INIT: tl.constexpr, REVERSE: tl.constexpr, HAS_SEQ: tl.constexpr):
     """Gradients from dy (the gradient of y): dx (batch, L, H, P), ddt (batch, L, H), dB and dC per head
     (batch, L, H, N), dA per row (batch, H) and, with HAS_INIT, the initial state's (batch, H, P, N); all
     contiguous float32."""
@@ -146,9 +178,8 @@ def ssd_bwd_kernel(x_ptr, sx_b, sx_l, sx_h, sx_p, dt_ptr, sdt_b, sdt_l, sdt_h, A
         S0 = tl.load(states_ptr + ((b * chunks + c) * heads + h) * headdim * n + pn, mask=mask_pn, other=0.0)
         xd = x * dt[:, None]
         total = tl.sum(dt * A, axis=0)
-        to_end = tl.exp(total - cum)
-        from_start = tl.exp(cum)
-        decay = _decay(cum, T)
+        decay, from_start, to_end, whole = _chunk_decays(cum, total, c, pos, valid, length, seq_ptr, sseq_b, sseq_l,
+                                                         b, T, REVERSE, HAS_SEQ)
         scores = _mm(Cm, tl.trans(Bm), PRECISION) * decay
         dyx = _mm(dy, tl.trans(xd), PRECISION)  # [l, s] = dy_l . xd_s
         w = dyx * decay
@@ -163,7 +194,7 @@ def ssd_bwd_kernel(x_ptr, sx_b, sx_l, sx_h, sx_p, dt_ptr, sdt_b, sdt_l, sdt_h, A
         gsc = dyx * scores
         into_end = to_end * tl.sum(xd * b_ds, axis=1)
         dcum = tl.sum(gsc, axis=1) - tl.sum(gsc, axis=0) + from_start * tl.sum(dy * c_s0, axis=1) - into_end
-        last = tl.exp(total) * tl.sum(tl.sum(dS * S0, axis=1), axis=0) + tl.sum(into_end, axis=0)
+        last = whole * tl.sum(tl.sum(dS * S0, axis=1), axis=0) + tl.sum(into_end, axis=0)
         dcum += tl.where(offs_t == T - 1, last, 0.0)
         da = tl.sum(dcum, axis=0) - tl.cumsum(dcum, axis=0) + dcum  # cum_t sums a_r over r <= t
         dA += tl.sum(da * dt, axis=0)
@@ -175,7 +206,7 @@ def ssd_bwd_kernel(x_ptr, sx_b, sx_l, sx_h, sx_p, dt_ptr, sdt_b, sdt_l, sdt_h, A
         mask_tn = valid[:, None] & mask_n[None, :]
         tl.store(dbh_ptr + tn, dB, mask=mask_tn)
         tl.store(dch_ptr + tn, dC, mask=mask_tn)
-        dS = tl.exp(total) * dS + _mm(tl.trans(dy * from_start[:, None]), Cm, PRECISION)
+        dS = whole * dS + _mm(tl.trans(dy * from_start[:, None]), Cm, PRECISION)
     tl.store(da_ptr + b * heads + h, dA)
     if HAS_INIT:
         tl.store(dinit_ptr + (b * heads + h) * headdim * n + pn, dS, mask=mask_pn)

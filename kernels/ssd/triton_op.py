@@ -49,13 +49,19 @@ def _shape_args(x, B, chunk_size):
     return [length, heads, p, B.shape[3], heads // B.shape[2], triton.cdiv(length, chunk_size)]
 
 
+def _seq_args(seq):
+    """seq (batch, L) int32 and its strides, or None and zeros (HAS_SEQ off)."""
+    return (seq, *seq.stride()) if seq is not None else (None, 0, 0)
+
+
 @torch.library.custom_op("mambamixer::ssd_fwd", mutates_args=())
 def ssd_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-            initial_states: torch.Tensor | None, chunk_size: int, reverse: bool, save_states: bool
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            initial_states: torch.Tensor | None, seq: torch.Tensor | None, chunk_size: int, reverse: bool,
+            save_states: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """y (batch, L, H, P) float32 (no D, no gate), the state entering each chunk (batch, chunks, H, P, N;
     empty unless save_states, which the backward needs) and the final state (batch, H, P, N), both float32.
-    dt (batch, L, H) and A (H,) float32."""
+    dt (batch, L, H) and A (H,) float32; seq: each position's sequence id (batch, L) int32, nondecreasing in
+    scan order, or None."""
     batch, length, heads, p = x.shape
     n = B.shape[3]
     chunks = triton.cdiv(length, chunk_size)
@@ -66,14 +72,14 @@ def ssd_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
     init = final if initial_states is None else initial_states.contiguous()
     with launch_device(x):
         ssd_fwd_kernel[(batch * heads,)](
-            x, *x.stride(), dt, *dt.stride(), A, B, *B.stride(), C, *C.stride(), init, y, *y.stride(), states, final,
-            *_shape_args(x, B, chunk_size), HAS_INIT=initial_states is not None, REVERSE=reverse,
-            SAVE_STATES=save_states, **_config(x, B, C, chunk_size))
+            x, *x.stride(), dt, *dt.stride(), A, B, *B.stride(), C, *C.stride(), *_seq_args(seq), init, y, *y.stride(),
+            states, final, *_shape_args(x, B, chunk_size), HAS_INIT=initial_states is not None, REVERSE=reverse,
+            SAVE_STATES=save_states, HAS_SEQ=seq is not None, **_config(x, B, C, chunk_size))
     return y, states, final
 
 
 @ssd_fwd.register_fake
-def _(x, dt, A, B, C, initial_states, chunk_size, reverse, save_states):
+def _(x, dt, A, B, C, initial_states, seq, chunk_size, reverse, save_states):
     batch, length, heads, p = x.shape
     n = B.shape[3]
     f32 = dict(dtype=torch.float32)
@@ -84,7 +90,7 @@ def _(x, dt, A, B, C, initial_states, chunk_size, reverse, save_states):
 
 @torch.library.custom_op("mambamixer::ssd_bwd", mutates_args=())
 def ssd_bwd(dy: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-            states: torch.Tensor, has_init: bool, chunk_size: int, reverse: bool
+            seq: torch.Tensor | None, states: torch.Tensor, has_init: bool, chunk_size: int, reverse: bool
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """dx, ddt, dA, dB, dC (float32, the inputs' shapes) and the initial state's gradient (empty without
     one) from dy (batch, L, H, P) float32."""
@@ -99,15 +105,15 @@ def ssd_bwd(dy: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor
     dinit = torch.empty((batch, heads, p, n) if has_init else (0,), **f32)
     with launch_device(x):
         ssd_bwd_kernel[(batch * heads,)](
-            x, *x.stride(), dt, *dt.stride(), A, B, *B.stride(), C, *C.stride(), dy, *dy.stride(), states,
-            dx, ddt, dbh, dch, da, dinit, *_shape_args(x, B, chunk_size), HAS_INIT=has_init, REVERSE=reverse,
-            **_config(x, B, C, chunk_size))
+            x, *x.stride(), dt, *dt.stride(), A, B, *B.stride(), C, *C.stride(), *_seq_args(seq), dy, *dy.stride(),
+            states, dx, ddt, dbh, dch, da, dinit, *_shape_args(x, B, chunk_size), HAS_INIT=has_init, REVERSE=reverse,
+            HAS_SEQ=seq is not None, **_config(x, B, C, chunk_size))
     per_group = (batch, length, groups, heads // groups, n)
     return dx, ddt, da.sum(0), dbh.view(per_group).sum(3), dch.view(per_group).sum(3), dinit
 
 
 @ssd_bwd.register_fake
-def _(dy, x, dt, A, B, C, states, has_init, chunk_size, reverse):
+def _(dy, x, dt, A, B, C, seq, states, has_init, chunk_size, reverse):
     batch, length, heads, p = x.shape
     f32 = dict(dtype=torch.float32)
     return (x.new_empty(x.shape, **f32), x.new_empty(dt.shape, **f32), x.new_empty(A.shape, **f32),
@@ -116,28 +122,29 @@ def _(dy, x, dt, A, B, C, states, has_init, chunk_size, reverse):
 
 
 def _setup_context(ctx, inputs, output):
-    x, dt, A, B, C, initial_states, chunk_size, reverse, _ = inputs
-    ctx.save_for_backward(x, dt, A, B, C, output[1])
+    x, dt, A, B, C, initial_states, seq, chunk_size, reverse, _ = inputs
+    ctx.save_for_backward(x, dt, A, B, C, seq, output[1])
     ctx.has_init, ctx.chunk_size, ctx.reverse = initial_states is not None, chunk_size, reverse
 
 
 def _backward(ctx, dy, d_states, d_final):
-    x, dt, A, B, C, states = ctx.saved_tensors
-    dx, ddt, dA, dB, dC, dinit = ssd_bwd(dy.float(), x, dt, A, B, C, states, ctx.has_init, ctx.chunk_size,
+    x, dt, A, B, C, seq, states = ctx.saved_tensors
+    dx, ddt, dA, dB, dC, dinit = ssd_bwd(dy.float(), x, dt, A, B, C, seq, states, ctx.has_init, ctx.chunk_size,
                                          ctx.reverse)
     return (dx.to(x.dtype), ddt, dA, dB.to(B.dtype), dC.to(C.dtype), dinit if ctx.has_init else None, None, None,
-            None)
+            None, None)
 
 
 ssd_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def ssd_scan_triton(x, dt, A, B, C, initial_states, reverse):
+def ssd_scan_triton(x, dt, A, B, C, initial_states, seq, reverse, chunk_states=False):
     """The SSD recurrence (without D and gate) on the Triton kernels, in CHUNK-step chunks: y (batch, L, H, P)
-    float32 and the final state (batch, H, P, N) float32, detached. dt: the processed step (batch, L, H)
-    float32."""
+    float32, the final state (batch, H, P, N) float32, detached, and with `chunk_states` the state entering
+    each chunk (batch, chunks, H, P, N), detached (else None). dt: the processed step (batch, L, H) float32;
+    seq: sequence ids (batch, L) int32, nondecreasing in scan order, or None."""
     inputs = (x, dt, A, B, C, initial_states)
-    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
-    y, _, final = ssd_fwd(x, dt, A.float(), B, C, None if initial_states is None else initial_states.float(),
-                          CHUNK, reverse, save)
-    return y, final.detach()
+    save = chunk_states or (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs))
+    y, states, final = ssd_fwd(x, dt, A.float(), B, C, None if initial_states is None else initial_states.float(),
+                               seq, CHUNK, reverse, save)
+    return y, final.detach(), states.detach() if chunk_states else None
