@@ -17,9 +17,11 @@ from mambamixer.kernels import (
     mamba_chunk_scan_ref,
     selective_scan_fn,
     selective_scan_ref,
+    selective_state_update,
     weighted_sum,
     weighted_sum_ref,
 )
+from mambamixer.kernels.ssd.varlen import sequence_of_positions as varlen_seq
 from mambamixer.mixer import ChannelWiseSelectiveMixer, CrossScanSSM, MambaMixer, SelectiveSSM
 from mambamixer.tasks.forecasting.tsm2 import TSM2
 
@@ -76,6 +78,33 @@ def main() -> None:
                                    dt_softplus=True, reverse=reverse)
         err = rel(out, ref)
         check(f"ssd float32 reverse={reverse}", err < 1e-5, f"rel err {err:.1e}")
+
+    # Time-invariant B (the PyTorch path on CUDA), the decoding step's kernel with a bf16 state, packed sequences.
+    Bi = torch.randn(d, n, device=dev)
+    out = selective_scan_fn(u, delta, A, Bi, C, D, z, bias, True)
+    ref = selective_scan_ref(u.double(), delta.double(), A.double(), Bi.double(), C.double(), D.double(), z.double(),
+                             bias.double(), True)
+    check("selective_scan time-invariant B", rel(out, ref) < 1e-5, f"rel err {rel(out, ref):.1e}")
+    state = torch.randn(b, 8, 16, n, device=dev).bfloat16()
+    exact = state.double()
+    step_args = (torch.randn(b, 8, 16, device=dev), torch.randn(b, 8, 16, device=dev),
+                 -torch.rand(8, 16, n, device=dev), torch.randn(b, 2, n, device=dev), torch.randn(b, 2, n, device=dev))
+    out = selective_state_update(state, *step_args, dt_softplus=True)
+    ref = selective_state_update(exact, *(t.double() for t in step_args), dt_softplus=True, backend="torch")
+    err = max(rel(out, ref), rel(state, exact.bfloat16()))
+    check("selective_state_update bf16 state, Triton kernel", state.dtype == torch.bfloat16 and err < 1e-2,
+          f"rel err {err:.1e}")
+    cu = torch.tensor([0, 40, 41, 100, L], device=dev)
+    xs, dts, Bp, Cp = x[:1].clone().requires_grad_(), dt[:1].clone().requires_grad_(), Bs[:1], Cs[:1]
+    out, var = mamba_chunk_scan_combined(xs, dts, Ah, Bp, Cp, 64, dt_softplus=True, cu_seqlens=cu,
+                                         return_varlen_states=True)
+    exact = [t.detach().double().requires_grad_() for t in (xs, dts)]
+    ref, ref_var = mamba_chunk_scan_ref(*exact, Ah.double(), Bp.double(), Cp.double(), dt_softplus=True,
+                                        seq_idx=varlen_seq(cu, L), cu_seqlens=cu, return_varlen_states=True)
+    grads = torch.autograd.grad(out.square().sum(), [xs, dts])
+    ref_grads = torch.autograd.grad(ref.square().sum(), exact)
+    err = max([rel(out, ref), rel(var, ref_var)] + [rel(g, r) for g, r in zip(grads, ref_grads)])
+    check("ssd packed sequences (out, varlen states, grads)", err < 1e-4, f"max rel err {err:.1e}")
 
     variants = [dict(ssm="s6"), dict(ssm="s6", bidirectional=True), dict(ssm="ssd", headdim=32),
                 dict(ssm="ssd", headdim=32, bidirectional=True, ngroups=2)]

@@ -46,7 +46,8 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     """Mamba-1 selective scan (S6), argument-compatible with mamba_ssm's `selective_scan_fn`.
 
     u, delta, z: (batch, dim, L); A: (dim, N) real; B, C: (batch, N, L), grouped (batch, G, N, L) with G
-    dividing dim, or time-invariant (dim, N); D, delta_bias: (dim,). delta += delta_bias, then softplus if `delta_softplus`;
+    dividing dim, or time-invariant (dim, N); D, delta_bias: (dim,).
+    delta += delta_bias, then softplus if `delta_softplus`;
         h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t,   out_t = (<h_t, C_t> + D u_t) * silu(z_t).
     State in float32 (float64 for float64 inputs) whatever the input dtype; out in u's dtype, (batch, dim, L).
     `return_last_state` also returns the final state (batch, dim, N) (not differentiated through).

@@ -31,7 +31,8 @@ def ssd_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_sof
     check_optional("z", z, "(batch, H, P)", (batch, heads, p), dev)
     check_optional("dt_bias", dt_bias, "(H,)", (heads,), dev)
     if dt_limit[0] > 0.0 or dt_limit[1] < float("inf"):  # the clamp comes after the softplus: apply both here
-        dt, dt_bias, dt_softplus = process_dt(dt, dt_bias, dt_softplus, dt_limit, compute_dtype(dt, dt_bias)), None, False
+        dt = process_dt(dt, dt_bias, dt_softplus, dt_limit, compute_dtype(dt, dt_bias))
+        dt_bias, dt_softplus = None, False
     per_channel = (heads, p)
     return selective_state_update(
         state, x, dt[..., None].expand(batch, *per_channel), A[:, None, None].expand(heads, p, n), B, C,
