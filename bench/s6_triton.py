@@ -1,9 +1,10 @@
 """GPU check and benchmark of the Triton selective scan against mamba_ssm's CUDA kernel, in one process.
 
-    python bench/s6_triton.py --ref REF_SRC --out DIR [--sweep]
+    python bench/s6_triton.py (--ref REF_SRC | --mamba BUILT) --out DIR [--sweep]
 
 REF_SRC holds `build_mamba_ssm_reference.py` and the mamba_ssm sdist (`../shared/reference/`); the
-reference is built into /tmp/mamba_ref in the background while the checks run. Checks: float32 inputs
+reference is built into /tmp/mamba_ref in the background while the checks run. BUILT: a reference that
+script built already (its DEST). Checks: float32 inputs
 against the float64 recurrence (forward and every gradient, both directions, grouped B/C, odd lengths,
 the fused bidirectional op, torch.compile), bfloat16 inputs next to mamba_ssm's error on the same inputs.
 Then the timing table: bf16 inputs with z, D, delta_bias and softplus, median of `do_bench`, each row's
@@ -275,7 +276,7 @@ def build_reference(src):
 
 
 def load_reference(dest, proc):
-    if proc.wait() != 0:
+    if proc is not None and proc.wait() != 0:
         print(open("/tmp/mamba_ref_build.log").read()[-3000:])
         raise SystemExit("mamba_ssm reference build failed")
     sys.path[:0] = [os.path.join(dest, "mamba_ssm-2.3.2.post1"), os.path.join(dest, "build")]
@@ -286,13 +287,15 @@ def load_reference(dest, proc):
 def main():
     global mamba
     p = argparse.ArgumentParser()
-    p.add_argument("--ref", required=True)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ref", help="the folder of mamba_ssm's sdist and build script: build it here")
+    source.add_argument("--mamba", help="a mamba_ssm reference built already")
     p.add_argument("--out", required=True)
     p.add_argument("--sweep", action="store_true")
     p.add_argument("--skip-checks", action="store_true")
     args = p.parse_args()
     t0 = time.time()
-    dest, proc = build_reference(args.ref)
+    dest, proc = (args.mamba, None) if args.mamba else build_reference(args.ref)
     result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__)
     if args.sweep:
         result["sweep"] = {}

@@ -414,7 +414,11 @@ def _scan_bwd_direction(
             h = tl.exp2(dt[None, :] * A2) * h + (dt * u)[None, :] * Bt
             tl.store(scratch_ptr + k * BLOCK_D * BLOCK_N, h)
         tl.debug_barrier()
-        # Back through the chunk, last step first, again loading a step ahead.
+        # Back through the chunk, last step first, again loading a step ahead. dA, dD and d(delta_bias) sum the
+        # chunk's terms first, then add that sum: a two-level sum keeps their rounding error from growing with L.
+        dA_chunk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+        dD_chunk = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        dbias_chunk = tl.zeros((BLOCK_D,), dtype=tl.float32)
         i_n = c * CHUNK + CHUNK - 1
         t_n = _step_position(i_n, L, H, REVERSE, COLS)
         u_n, dl_n, B_n = _load_step(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, t_n, mask_d, mask_n, i_n < L, PROJ,
@@ -476,17 +480,17 @@ def _scan_bwd_direction(
             dtu = dt * u
             # d(dt A)_t = g_t a_t h_{t-1} = g_t (h_t - dt_t u_t B_t).
             ddA = g * (h - dtu[None, :] * Bt)
-            dA_acc += ddA * dt[None, :]
+            dA_chunk += ddA * dt[None, :]
             gB = tl.sum(g * Bt, axis=0)
             ddt = tl.sum(ddA * A, axis=0) + gB * u
             du = gB * dt
             if HAS_D:
                 du += Dv * dy
-                dD_acc += dy * u
+                dD_chunk += dy * u
             if SOFTPLUS:
                 ddt = ddt * tl.sigmoid(dl)
             ddt = tl.where(mask_d & valid, ddt, 0.0)
-            dbias_acc += ddt
+            dbias_chunk += ddt
             if PROJ:  # back through delta = w_dt <W_r, u> + bias, B = W_B u, C = W_C u, per group
                 dBt = _group_sum(g * dtu[None, :], E, BLOCK_D)
                 dCt = _group_sum(h * dy[None, :], E, BLOCK_D)
@@ -514,6 +518,9 @@ def _scan_bwd_direction(
                 p2 = p1
                 p1 = dpre
             tl.store(du_ptr + grad_offs + t * grad_t, du.to(du_ptr.dtype.element_ty), mask=mask_d & valid)
+        dA_acc += dA_chunk
+        dD_acc += dD_chunk
+        dbias_acc += dbias_chunk
         tl.debug_barrier()
     tl.store(dA_ptr + (pid_b * dim + offs_d[None, :]) * N + offs_n[:, None], dA_acc, mask=mask_dn)
     if HAS_D:
