@@ -26,7 +26,7 @@ def heads_inputs(batch=2, heads=4, headdim=3, n=5, groups=2, seed=0):
 
 def at(a, t, dtype=torch.float32):
     """Step t of the sequence arguments, every tensor in `dtype`."""
-    return {k: (v[..., t] if v.dim() >= 3 and k not in ("A",) else v).to(dtype) for k, v in a.items()}
+    return {k: (v[..., t] if v.dim() >= 3 and k != "A" else v).to(dtype) for k, v in a.items()}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
