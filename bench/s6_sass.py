@@ -64,11 +64,11 @@ def record_launches(mixer: str) -> list:
 
 def specialise(kernel, args, kwargs):
     """(signature, constexprs, attrs) as Triton's launcher would build them for these arguments."""
-    params = list(inspect.signature(kernel.fn).parameters)
+    params = inspect.signature(kernel.fn).parameters
     signature, constexprs, attrs = {}, {}, {}
-    for i, name in enumerate(params):
+    for i, (name, param) in enumerate(params.items()):
         value = args[i] if i < len(args) else kwargs[name]
-        if i >= len(args):
+        if "constexpr" in str(param.annotation):
             signature[name], constexprs[(i,)] = "constexpr", value
         elif isinstance(value, torch.Tensor):
             signature[name] = "*" + DTYPES[value.dtype]

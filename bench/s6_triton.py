@@ -1,6 +1,6 @@
 """GPU check and benchmark of the Triton selective scan against mamba_ssm's CUDA kernel, in one process.
 
-    python bench/s6_triton.py (--ref REF_SRC | --mamba BUILT) --out DIR [--sweep]
+    python bench/s6_triton.py (--ref REF_SRC | --mamba BUILT) --out DIR [--sweep] [--segments]
 
 REF_SRC holds `build_mamba_ssm_reference.py` and the mamba_ssm sdist (`../shared/reference/`); the
 reference is built into /tmp/mamba_ref in the background while the checks run. BUILT: a reference that
@@ -8,7 +8,9 @@ script built already (its DEST). Checks: float32 inputs
 against the float64 recurrence (forward and every gradient, both directions, grouped B/C, odd lengths,
 the fused bidirectional op, torch.compile), bfloat16 inputs next to mamba_ssm's error on the same inputs.
 Then the timing table: bf16 inputs with z, D, delta_bias and softplus, median of `do_bench`, each row's
-mamba_ssm time measured in the same run; `--sweep` first times every block configuration per shape.
+mamba_ssm time measured in the same run, with the memory floor (inputs read and outputs written once at
+the device's copy bandwidth) as a fraction of each time; `--sweep` first times every block configuration per
+shape, `--segments` every segment count per long shape.
 Prints tables last and writes DIR/s6_triton.json.
 """
 
@@ -28,7 +30,7 @@ from triton.testing import do_bench, do_bench_cudagraph
 from mambamixer.kernels import selective_scan_fn
 from mambamixer.kernels.selective_scan import selective_scan_bidirectional_fn, selective_scan_fast, triton_op
 
-SHAPES = [(64, 384, 197, 16), (64, 768, 197, 16), (8, 1536, 4096, 16), (256, 256, 21, 16)]
+SHAPES = [(64, 384, 197, 16), (64, 768, 197, 16), (8, 1536, 4096, 16), (2, 1536, 16384, 16), (256, 256, 21, 16)]
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 checks, failures = [], []
 
@@ -78,8 +80,11 @@ def exact(args):
 
 
 def run_checks():
-    cases = [(s, None, False) for s in SHAPES] + [((4, 64, 129, 16), 2, True), ((4, 64, 1, 16), None, True),
-                                                  ((2, 48, 300, 7), 3, False)]
+    # Shapes up to L = 4096 (the float64 reference at L = 16384 needs tens of GB); (2, 64, 1000, 16) and the
+    # two longest shapes run split into segments.
+    cases = [(s, None, False) for s in SHAPES if s[2] <= 4096] + [
+        ((4, 64, 129, 16), 2, True), ((4, 64, 1, 16), None, True), ((2, 48, 300, 7), 3, False),
+        ((2, 64, 1000, 16), 2, True)]
     for (batch, dim, length, n), groups, reverse in cases:
         a = inputs(batch, dim, length, n, torch.float32, groups, seed=length)
         a["delta_softplus"] = True
@@ -97,8 +102,20 @@ def run_checks():
         if mamba is not None:
             errs["mamba_ssm"] = rel(mamba(**a, delta_softplus=True), ref)
         check(f"bf16 forward {shape}", errs, max(errs.get("mamba_ssm", 3e-3) * 1.1, 3e-3))
-    # Fused bidirectional: float32 against two float64 scans, with gradients.
-    batch, dim, length, n = 8, 192, 197, 16
+    # Fused bidirectional: float32 against two float64 scans, with gradients; in one launch, and split into
+    # segments (one launch per direction).
+    for shape in ((8, 192, 197, 16), (2, 192, 1000, 16)):
+        check_bidirectional(*shape)
+    # torch.compile traces through the custom ops.
+    a = inputs(4, 64, 129, 16, torch.float32, seed=9)
+    dout = torch.randn(4, 64, 129, device="cuda")
+    compiled = torch.compile(lambda **k: selective_scan_fn(**k, delta_softplus=True, backend="triton"), fullgraph=True)
+    out, g = grads_of(compiled, a, dout)
+    ref, gr = grads_of(lambda **k: selective_scan_fast(**k, delta_softplus=True), exact(a), dout)
+    check("torch.compile(fullgraph) float32", {"out": rel(out, ref), **{f"d{k}": rel(g[k], gr[k]) for k in g}}, 1e-5)
+
+
+def check_bidirectional(batch, dim, length, n):
     f, b = inputs(batch, dim, length, n, torch.float32, seed=5), inputs(batch, dim, length, n, torch.float32, 2, 6)
     z = f.pop("z")
     b.pop("z")
@@ -113,15 +130,8 @@ def run_checks():
     args = {**{k + "0": v for k, v in f.items()}, **{k + "1": v for k, v in b.items()}, "z": z}
     out, g = grads_of(bidir("triton"), args, dout)
     ref, gr = grads_of(bidir("torch"), exact(args), dout)
-    check("float32 fused bidirectional (8, 192, 197, 16)", {"out": rel(out, ref), **{
+    check(f"float32 fused bidirectional {(batch, dim, length, n)}", {"out": rel(out, ref), **{
         f"d{k}": rel(g[k], gr[k]) for k in g}}, 1e-5)
-    # torch.compile traces through the custom ops.
-    a = inputs(4, 64, 129, 16, torch.float32, seed=9)
-    dout = torch.randn(4, 64, 129, device="cuda")
-    compiled = torch.compile(lambda **k: selective_scan_fn(**k, delta_softplus=True, backend="triton"), fullgraph=True)
-    out, g = grads_of(compiled, a, dout)
-    ref, gr = grads_of(lambda **k: selective_scan_fast(**k, delta_softplus=True), exact(a), dout)
-    check("torch.compile(fullgraph) float32", {"out": rel(out, ref), **{f"d{k}": rel(g[k], gr[k]) for k in g}}, 1e-5)
 
 
 def fwd_bwd(fn, args, dout):
@@ -141,11 +151,13 @@ def floor_bytes(batch, dim, length, n, elt=2):
     return fwd, fwd + bwd
 
 
-def timed(fn, args, dout):
+def timed(fn, args, dout, eager=True):
     """Median ms of forward and of forward+backward: do_bench (with the Python call overhead, as training
-    sees it) and do_bench_cudagraph (replayed CUDA graph: device time alone)."""
-    fwd = do_bench(lambda: fn(**args), warmup=25, rep=200, return_mode="median")
-    both = do_bench(fwd_bwd(fn, args, dout), warmup=25, rep=200, return_mode="median")
+    sees it; None unless eager) and do_bench_cudagraph (replayed CUDA graph: device time alone)."""
+    fwd = both = None
+    if eager:
+        fwd = do_bench(lambda: fn(**args), warmup=25, rep=200, return_mode="median")
+        both = do_bench(fwd_bwd(fn, args, dout), warmup=25, rep=200, return_mode="median")
     fwd_graph = do_bench_cudagraph(lambda: fn(**args), rep=100, return_mode="median")
     both_graph = do_bench_cudagraph(fwd_bwd(fn, args, dout), rep=100, return_mode="median")
     return fwd, both, fwd_graph, both_graph
@@ -179,6 +191,39 @@ def sweep(results):
         best_f = min(rows, key=lambda r: r["fwd_ms"])
         best_fb = min(rows, key=lambda r: r["fwd_bwd_ms"])
         print(f"BEST {shape} fwd {best_f}\nBEST {shape} fwd+bwd {best_fb}", flush=True)
+
+
+def forced_segments(split):
+    """A stand-in for `triton_op.segments` that cuts every scan into `split` segments (fewer if too short)."""
+    def segments(programs, length, chunk, device):
+        chunks = triton.cdiv(length, chunk)
+        per = triton.cdiv(chunks, min(split, chunks))
+        return triton.cdiv(chunks, per), per * chunk
+    return segments
+
+
+def segment_sweep():
+    """Graph-replay ms of forward and forward+backward per forced segment count, and the count `segments`
+    picks, at the shapes long enough to split."""
+    default, rows = triton_op.segments, []
+    for shape in SHAPES:
+        batch, dim, length, n = shape
+        if length < 2 * 32 * triton_op.MIN_SEGMENT_CHUNKS:
+            continue
+        a = with_grad(inputs(*shape, torch.bfloat16, seed=2))
+        a["delta_softplus"] = True
+        dout = torch.randn(batch, dim, length, device="cuda", dtype=torch.bfloat16)
+        picked = default(batch * triton.cdiv(dim, 32), length, 32, torch.device("cuda"))[0]
+        for split in (1, 2, 4, 8, 16, 32, 64):
+            triton_op.segments = forced_segments(split)
+            try:
+                _, _, f, fb = timed(lambda **k: selective_scan_fn(**k, backend="triton"), a, dout, eager=False)
+            finally:
+                triton_op.segments = default
+            rows.append(dict(shape=shape, segments=split, picked=picked, fwd_ms=f, fwd_bwd_ms=fb))
+            print(f"segments {shape} {split}{' (picked)' if split == picked else ''}: fwd {f:.3f} ms  "
+                  f"fwd+bwd {fb:.3f} ms", flush=True)
+    return rows
 
 
 def benchmark():
@@ -222,7 +267,8 @@ def benchmark():
                    bidir_fused_fwd_ms=fused_t[0], bidir_fused_fwd_bwd_ms=fused_t[1],
                    bidir_mamba_fwd_ms=two_t[0], bidir_mamba_fwd_bwd_ms=two_t[1],
                    bidir_fwd_ratio=fused_t[0] / two_t[0], bidir_fwd_bwd_ratio=fused_t[1] / two_t[1],
-                   config=triton_op.block_sizes(dim, length, n, ()))
+                   config=triton_op.block_sizes(dim, length, n, ()),
+                   segments=triton_op.segments(batch * triton.cdiv(dim, 32), length, 32, torch.device("cuda")))
         rows.append(row)
         print(json.dumps(row), flush=True)
     return bw, rows
@@ -251,7 +297,9 @@ def call_overhead():
 def compiler_report():
     """Registers and spills of every compiled variant of the two kernels."""
     report = []
-    for name, kernel in (("fwd", triton_op.s6_fwd_kernel), ("bwd", triton_op.s6_bwd_kernel)):
+    for name, kernel in (("fwd", triton_op.s6_fwd_kernel), ("bwd", triton_op.s6_bwd_kernel),
+                         ("segment states", triton_op.s6_segment_states_kernel),
+                         ("segment adjoints", triton_op.s6_segment_adjoints_kernel)):
         for cache, *_ in kernel.device_caches.values():
             for compiled in cache.values():
                 report.append(dict(kernel=name, warps=compiled.metadata.num_warps, regs=compiled.n_regs,
@@ -293,6 +341,7 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--sweep", action="store_true")
     p.add_argument("--skip-checks", action="store_true")
+    p.add_argument("--segments", action="store_true", help="first time each forced segment count per long shape")
     args = p.parse_args()
     t0 = time.time()
     dest, proc = (args.mamba, None) if args.mamba else build_reference(args.ref)
@@ -305,6 +354,8 @@ def main():
     if not args.skip_checks:
         run_checks()
     result["checks"] = checks
+    if args.segments:
+        result["segment_sweep"] = segment_sweep()
     bw, rows = benchmark()
     result.update(copy_GBps=bw / 1e9, rows=rows, compiled=compiler_report(), call_overhead=call_overhead())
     with open(os.path.join(args.out, "s6_triton.json"), "w") as f:
@@ -322,14 +373,22 @@ def main():
               f"{r['bidir_fwd_ratio']:.2f}, {r['bidir_fused_fwd_bwd_ms']:.3f} / {r['bidir_mamba_fwd_bwd_ms']:.3f} = "
               f"{r['bidir_fwd_bwd_ratio']:.2f} |")
     print("\nCUDA-graph replays (device time alone), same runs:")
-    print("| shape | mamba_ssm fwd / fwd+bwd | ours fwd / fwd+bwd | ratio fwd / fwd+bwd | GB/s ours (mamba_ssm) fwd, "
-          "fwd+bwd | fused bidir / 2x mamba_ssm+flips fwd, fwd+bwd |")
+    print("| shape | segments | mamba_ssm fwd / fwd+bwd | ours fwd / fwd+bwd | ratio fwd / fwd+bwd | memory floor "
+          "fwd / fwd+bwd | floor / ours (mamba_ssm) fwd, fwd+bwd | fused bidir / 2x mamba_ssm+flips fwd, fwd+bwd |")
     for r in rows:
-        print(f"| {r['shape']} | {r['graph_mamba_fwd_ms']:.3f} / {r['graph_mamba_fwd_bwd_ms']:.3f} | "
+        print(f"| {r['shape']} | {r['segments'][0]} | {r['graph_mamba_fwd_ms']:.3f} / "
+              f"{r['graph_mamba_fwd_bwd_ms']:.3f} | "
               f"{r['graph_ours_fwd_ms']:.3f} / {r['graph_ours_fwd_bwd_ms']:.3f} | {r['graph_fwd_ratio']:.2f} / "
-              f"{r['graph_fwd_bwd_ratio']:.2f} | {r['ours_fwd_GBps']:.0f} ({r['mamba_fwd_GBps']:.0f}), "
-              f"{r['ours_fwd_bwd_GBps']:.0f} ({r['mamba_fwd_bwd_GBps']:.0f}) | {r['bidir_graph_fwd_ratio']:.2f}, "
+              f"{r['graph_fwd_bwd_ratio']:.2f} | {r['floor_fwd_ms']:.3f} / {r['floor_fwd_bwd_ms']:.3f} | "
+              f"{r['floor_fwd_ms'] / r['graph_ours_fwd_ms']:.0%} ({r['floor_fwd_ms'] / r['graph_mamba_fwd_ms']:.0%}), "
+              f"{r['floor_fwd_bwd_ms'] / r['graph_ours_fwd_bwd_ms']:.0%} "
+              f"({r['floor_fwd_bwd_ms'] / r['graph_mamba_fwd_bwd_ms']:.0%}) | {r['bidir_graph_fwd_ratio']:.2f}, "
               f"{r['bidir_graph_fwd_bwd_ratio']:.2f} |")
+    if args.segments:
+        print("\nSegments (graph replays, ms fwd / fwd+bwd):")
+        for r in result["segment_sweep"]:
+            print(f"| {r['shape']} | {r['segments']}{' picked' if r['segments'] == r['picked'] else ''} | "
+                  f"{r['fwd_ms']:.3f} / {r['fwd_bwd_ms']:.3f} |")
     print(f"checks: {len(checks) - len(failures)}/{len(checks)} pass" + (f"; FAILED: {failures}" if failures else ""))
     sys.exit(1 if failures else 0)
 

@@ -55,6 +55,44 @@ def test_many_chunks_and_part_filled_programs(small_blocks, reverse):
     check_against_reference(s6_inputs(dim=5, n=5, length=129, seed=3), reverse=reverse)
 
 
+@pytest.fixture
+def segments_of(monkeypatch, small_blocks):
+    """cut(steps): every scan cut into segments of `steps` steps (a multiple of the 8-step chunks), one
+    program each, as `triton_op.segments` does on a GPU with few programs per segment."""
+    def cut(steps):
+        monkeypatch.setattr(triton_op, "segments", lambda programs, length, chunk, device: (-(-length // steps), steps))
+    return cut
+
+
+@pytest.mark.parametrize("length,steps,groups,reverse", [(33, 8, None, False), (33, 8, 3, True), (37, 16, 3, False),
+                                                         (16, 8, None, True)])
+def test_scan_split_into_segments(segments_of, length, steps, groups, reverse):
+    """Segments scanned in parallel: each starts from the state folded from the earlier segments' end
+    states, and its backward from the adjoint folded from the later ones. A 1-step last segment (33 = 4 x 8
+    + 1), a part-filled last chunk (37), and an exact multiple (16)."""
+    segments_of(steps)
+    check_against_reference(s6_inputs(dim=6, n=5, length=length, groups=groups, seed=length), reverse=reverse)
+
+
+def test_scan_split_into_segments_without_optional_arguments(segments_of):
+    segments_of(8)
+    check_against_reference(s6_inputs(length=29, full=False, seed=19))
+
+
+@pytest.mark.parametrize("programs,length", [(384, 4096), (96, 16384), (768, 197), (8192, 21), (1, 129), (8, 4096)])
+def test_segments_fill_the_gpu_and_cover_the_scan(monkeypatch, programs, length):
+    """On a GPU of 132 SMs: about PROGRAMS_PER_SM programs per SM once split, at least MIN_SEGMENT_CHUNKS
+    chunks per segment, every segment non-empty; no split off CUDA."""
+    monkeypatch.setattr(triton_op, "_sm_count", lambda index: 132)
+    n_segs, seg_len = triton_op.segments(programs, length, 32, torch.device("cuda", 0))
+    assert seg_len % 32 == 0 and (n_segs - 1) * seg_len < length <= n_segs * seg_len
+    assert n_segs == 1 or seg_len >= 32 * triton_op.MIN_SEGMENT_CHUNKS
+    assert programs * (n_segs - 1) < 132 * triton_op.PROGRAMS_PER_SM
+    if programs * 2 <= 132 * triton_op.PROGRAMS_PER_SM and length >= 2 * 32 * triton_op.MIN_SEGMENT_CHUNKS:
+        assert n_segs > 1
+    assert triton_op.segments(programs, length, 32, torch.device("cpu")) == (1, -(-length // 32) * 32)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("reverse", [False, True])
 def test_batch_split_across_launches(monkeypatch, reverse):
@@ -108,10 +146,15 @@ def test_low_precision_inputs(dtype, tol):
     assert out.dtype == dtype and torch.isfinite(out).all() and rel_err(out, ref) < tol
 
 
-@pytest.mark.parametrize("length,split", [(1, False), (30, False), (30, True)])
-def test_fused_bidirectional_matches_two_scans(monkeypatch, length, split):
-    if split:  # one batch row per launch
+@pytest.mark.parametrize("length,split,segments", [(1, False, None), (30, False, None), (30, True, None),
+                                                    (30, False, 8)])
+def test_fused_bidirectional_matches_two_scans(request, monkeypatch, length, split, segments):
+    """The pair in one launch; split: one batch row per launch; segments: cut into 8-step segments, one
+    launch per direction (the second adds its output to the first's)."""
+    if split:
         monkeypatch.setattr(triton_op, "MAX_GRID_Y", 1)
+    if segments:
+        request.getfixturevalue("segments_of")(segments)
     f, b = s6_inputs(length=length, groups=2, seed=8), s6_inputs(length=length, seed=9)
     z = f.pop("z")
     b.pop("z")
@@ -194,6 +237,17 @@ def columns(t, height):
 def test_column_order_scans_the_grid_down_its_columns(small_blocks, height, width, layout, backend):
     """column_grid_height=H: the same as scanning the grid's transpose and transposing the output back,
     forward and every gradient, with no copy on the Triton backend."""
+    check_column_order(height, width, layout, backend)
+
+
+@pytest.mark.slow
+def test_column_order_split_into_segments(segments_of):
+    """Token-major inputs scanned down the columns of a 5 x 7 grid in 8-step segments."""
+    segments_of(8)
+    check_column_order(5, 7, "tokens", "triton")
+
+
+def check_column_order(height, width, layout, backend):
     length = height * width
     f, b = s6_inputs(dim=6, length=length, groups=3, seed=15), s6_inputs(dim=6, length=length, seed=16)
     z = f.pop("z")

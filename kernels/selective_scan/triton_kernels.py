@@ -213,6 +213,150 @@ def _step_values(u, dl, Bt, bias, Wr, wdt, WB, mask_d, valid, HAS_BIAS: tl.const
 
 
 @triton.jit
+def _segment_summary(seg_ptr, pid_b, j, n_segs, dim, N, offs_d, offs_n, mask_d, mask_dn):
+    """Segment j's summary in seg (batch, n_segs, N + 1, dim) float32: its (N, BLOCK_D) state (or adjoint) and
+    its (BLOCK_D,) sum of dt."""
+    base = seg_ptr + (pid_b * n_segs + j) * (N + 1) * dim
+    x = tl.load(base + offs_n[:, None] * dim + offs_d[None, :], mask=mask_dn, other=0.0)
+    dt_sum = tl.load(base + N * dim + offs_d, mask=mask_d, other=0.0)
+    return x, dt_sum
+
+
+@triton.jit
+def _entering_state(seg_ptr, A2, pid_b, pid_s, n_segs, dim, N, offs_d, offs_n, mask_d, mask_dn,
+                    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The state entering segment pid_s: the earlier segments' end states (each from a zero start) folded
+    first to last, h <- exp(A sum dt) h + h_j, the decay over segment j being exp(A times its dt sum)."""
+    h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    for j in range(pid_s):
+        h_j, dt_sum = _segment_summary(seg_ptr, pid_b, j, n_segs, dim, N, offs_d, offs_n, mask_d, mask_dn)
+        h = tl.exp2(dt_sum[None, :] * A2) * h + h_j
+    return h
+
+
+@triton.jit
+def _entering_adjoint(seg_ptr, A2, pid_b, pid_s, n_segs, dim, N, offs_d, offs_n, mask_d, mask_dn,
+                      BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """a g of the step after segment pid_s (what the adjoint of its last step receives from later steps): the
+    later segments' a g at their first step (each from a zero adjoint at its end) folded last to first."""
+    g = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    for jj in range(n_segs - 1 - pid_s):
+        g_j, dt_sum = _segment_summary(seg_ptr, pid_b, n_segs - 1 - jj, n_segs, dim, N, offs_d, offs_n, mask_d,
+                                       mask_dn)
+        g = tl.exp2(dt_sum[None, :] * A2) * g + g_j
+    return g
+
+
+@triton.jit
+def _store_summary(seg_ptr, x, dt_sum, pid_b, j, n_segs, dim, N, offs_d, offs_n, mask_d, mask_dn):
+    base = seg_ptr + (pid_b * n_segs + j) * (N + 1) * dim
+    tl.store(base + offs_n[:, None] * dim + offs_d[None, :], x, mask=mask_dn)
+    tl.store(base + N * dim + offs_d, dt_sum, mask=mask_d)
+
+
+@triton.jit
+def s6_segment_states_kernel(
+    u_ptr, su_b, su_d, su_t,
+    dl_ptr, sdl_b, sdl_d, sdl_t,
+    A_ptr, sA_d, sA_n,
+    B_ptr, sB_b, sB_g, sB_n, sB_t, B_dpg,
+    bias_ptr, seg_ptr,
+    dim, L, N, H, seg_len, n_segs,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, COLS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Grid (cdiv(dim, BLOCK_D), batch, n_segs - 1): each segment but the last scanned from a zero state, its
+    end state and dt sum written to seg (batch, n_segs, N + 1, dim) float32 for `_entering_state`."""
+    pid_d, pid_b, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_d, mask_n = offs_d < dim, offs_n < N
+    mask_dn = mask_d[None, :] & mask_n[:, None]
+    A2 = tl.load(A_ptr + offs_d[None, :] * sA_d + offs_n[:, None] * sA_n, mask=mask_dn, other=0.0).to(tl.float32)
+    A2 = A2 * 1.4426950408889634
+    bias, _ = _load_channel_params(bias_ptr, bias_ptr, offs_d, mask_d, HAS_BIAS, False, BLOCK_D)
+    B_ptr += pid_b * sB_b + ((pid_d * BLOCK_D) // B_dpg) * sB_g + offs_n * sB_n
+    u_ptr += pid_b * su_b + offs_d * su_d
+    dl_ptr += pid_b * sdl_b + offs_d * sdl_d
+    h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dt_sum = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    i0 = pid_s * seg_len
+    i1 = tl.minimum(L, i0 + seg_len)
+    t_n = _step_position(i0, L, H, REVERSE, COLS)
+    u_n, dl_n, B_n = _load_step(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, t_n, mask_d, mask_n, True, False, BLOCK_N)
+    for i in range(i0, i1):
+        u, dl, Bt = u_n, dl_n, B_n
+        t_n = _step_position(i + 1, L, H, REVERSE, COLS)
+        u_n, dl_n, B_n = _load_step(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, t_n, mask_d, mask_n, i + 1 < i1, False,
+                                    BLOCK_N)
+        _, dt, Bt, _ = _step_values(u, dl, Bt, bias, 0.0, 0.0, 0.0, mask_d, True, HAS_BIAS, SOFTPLUS, False, 1,
+                                    BLOCK_D)
+        h = tl.exp2(dt[None, :] * A2) * h + (dt * u)[None, :] * Bt
+        dt_sum += dt
+    _store_summary(seg_ptr, h, dt_sum, pid_b, pid_s, n_segs, dim, N, offs_d, offs_n, mask_d, mask_dn)
+
+
+@triton.jit
+def s6_segment_adjoints_kernel(
+    dl_ptr, sdl_b, sdl_d, sdl_t,
+    A_ptr, sA_d, sA_n,
+    C_ptr, sC_b, sC_g, sC_n, sC_t, C_dpg,
+    bias_ptr,
+    z_ptr, sz_b, sz_d, sz_t,
+    dout_ptr, sdo_b, sdo_d, sdo_t,
+    seg_ptr,
+    dim, L, N, H, seg_len, n_segs,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, GATE: tl.constexpr, REVERSE: tl.constexpr,
+    COLS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Grid (cdiv(dim, BLOCK_D), batch, n_segs - 1): each segment but the first, its adjoint
+    g_t = C_t dy_t + a_{t+1} g_{t+1} run last step to first from zero, a_first g_first and the dt sum written
+    to seg (batch, n_segs, N + 1, dim) float32 for `_entering_adjoint`."""
+    pid_d, pid_b, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2) + 1
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_d, mask_n = offs_d < dim, offs_n < N
+    mask_dn = mask_d[None, :] & mask_n[:, None]
+    A2 = tl.load(A_ptr + offs_d[None, :] * sA_d + offs_n[:, None] * sA_n, mask=mask_dn, other=0.0).to(tl.float32)
+    A2 = A2 * 1.4426950408889634
+    bias, _ = _load_channel_params(bias_ptr, bias_ptr, offs_d, mask_d, HAS_BIAS, False, BLOCK_D)
+    C_ptr += pid_b * sC_b + ((pid_d * BLOCK_D) // C_dpg) * sC_g + offs_n * sC_n
+    dl_ptr += pid_b * sdl_b + offs_d * sdl_d
+    z_ptr += pid_b * sz_b + offs_d * sz_d
+    dout_ptr += pid_b * sdo_b + offs_d * sdo_d
+    g = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    a_next = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dt_sum = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    i0 = pid_s * seg_len
+    i1 = tl.minimum(L, i0 + seg_len)
+    t_n = _step_position(i1 - 1, L, H, REVERSE, COLS)
+    dl_n = tl.load(dl_ptr + t_n * sdl_t, mask=mask_d, other=0.0).to(tl.float32)
+    C_n = _load_C(C_ptr, sC_t, t_n, mask_n, True, False, BLOCK_N)
+    do_n = tl.load(dout_ptr + t_n * sdo_t, mask=mask_d, other=0.0).to(tl.float32)
+    z_n = do_n
+    if GATE:
+        z_n = tl.load(z_ptr + t_n * sz_t, mask=mask_d, other=0.0).to(tl.float32)
+    for k in range(i1 - i0):
+        dl, Ct, dout, zt = dl_n, C_n, do_n, z_n
+        more = k + 1 < i1 - i0
+        t_n = _step_position(i1 - 2 - k, L, H, REVERSE, COLS)
+        dl_n = tl.load(dl_ptr + t_n * sdl_t, mask=mask_d & more, other=0.0).to(tl.float32)
+        C_n = _load_C(C_ptr, sC_t, t_n, mask_n, more, False, BLOCK_N)
+        do_n = tl.load(dout_ptr + t_n * sdo_t, mask=mask_d & more, other=0.0).to(tl.float32)
+        if GATE:
+            z_n = tl.load(z_ptr + t_n * sz_t, mask=mask_d & more, other=0.0).to(tl.float32)
+            dy = dout * zt * tl.sigmoid(zt)
+        else:
+            dy = dout
+        _, dt, _, _ = _step_values(dl, dl, 0.0, bias, 0.0, 0.0, 0.0, mask_d, True, HAS_BIAS, SOFTPLUS, False, 1,
+                                   BLOCK_D)
+        g = a_next * g + Ct * dy[None, :]
+        a_next = tl.exp2(dt[None, :] * A2)
+        dt_sum += dt
+    _store_summary(seg_ptr, a_next * g, dt_sum, pid_b, pid_s, n_segs, dim, N, offs_d, offs_n, mask_d, mask_dn)
+
+
+@triton.jit
 def _scan_fwd_direction(
     u_ptr, su_b, su_d, su_t,
     dl_ptr, sdl_b, sdl_d, sdl_t,
@@ -222,18 +366,20 @@ def _scan_fwd_direction(
     D_ptr, bias_ptr, Wx_ptr, wdt_ptr, cw_ptr, cb_ptr,
     z_ptr, sz_b, sz_d, sz_t,
     out_ptr, so_b, so_d, so_t,
-    last_ptr, states_ptr,
-    pid_b, pid_d, dim, L, N, n_chunks, H,
+    last_ptr, states_ptr, seg_ptr,
+    pid_b, pid_d, pid_s, dim, L, N, n_chunks, H, seg_len, n_segs,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, GATE: tl.constexpr,
     REVERSE: tl.constexpr, ACCUMULATE: tl.constexpr, SAVE_STATES: tl.constexpr, STORE_LAST: tl.constexpr,
     COLS: tl.constexpr, PROJ: tl.constexpr, CONV: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    """One direction's forward. states: (batch, n_chunks, N, dim) float32, the state before each CHUNK
-    steps in scan order; last: (batch, dim, N) float32, the state after the last step. With PROJ, A, D and
-    delta_bias are (E, ...): one row per place in a group; with CONV, u goes through the conv and SiLU
-    first. With COLS the L = H * W positions are a row-major grid scanned column by column (`_position`);
-    outputs go to the inputs' positions."""
+    """One direction's forward over the steps [pid_s * seg_len, (pid_s + 1) * seg_len) of the scan order
+    (all of L when n_segs is 1). states: (batch, n_chunks, N, dim) float32, the state before each CHUNK
+    steps in scan order; last: (batch, dim, N) float32, the state after the last step. seg: the earlier
+    segments' summaries (`s6_segment_states_kernel`), from which the state entering this segment is folded.
+    With PROJ, A, D and delta_bias are (E, ...): one row per place in a group; with CONV, u goes through the
+    conv and SiLU first (neither is split into segments). With COLS the L = H * W positions are a row-major
+    grid scanned column by column (`_position`); outputs go to the inputs' positions."""
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     mask_d, mask_n = offs_d < dim, offs_n < N
@@ -258,8 +404,11 @@ def _scan_fwd_direction(
     z_ptr += pid_b * sz_b + offs_d * sz_d
     out_ptr += pid_b * so_b + offs_d * so_d
     state_offs = (pid_b * n_chunks * N + offs_n[:, None]) * dim + offs_d[None, :]
-    h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    t_n = _step_position(0, L, H, REVERSE, COLS)
+    h = _entering_state(seg_ptr, A2, pid_b, pid_s, n_segs, dim, N, offs_d, offs_n, mask_d, mask_dn, BLOCK_D,
+                        BLOCK_N)
+    i0 = pid_s * seg_len
+    i1 = tl.minimum(L, i0 + seg_len)
+    t_n = _step_position(i0, L, H, REVERSE, COLS)
     u_n, dl_n, B_n = _load_step(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, t_n, mask_d, mask_n, True, PROJ, BLOCK_N)
     C_n = _load_C(C_ptr, sC_t, t_n, mask_n, True, PROJ, BLOCK_N)
     z_n = u_n
@@ -268,10 +417,10 @@ def _scan_fwd_direction(
         z_n = tl.load(z_ptr + t_n * sz_t, mask=mask_d, other=0.0).to(tl.float32)
     if ACCUMULATE:
         o_n = tl.load(out_ptr + t_n * so_t, mask=mask_d, other=0.0).to(tl.float32)
-    for i in range(L):
+    for i in range(i0, i1):
         t, u, dl, Bt, Ct, zt, acc = t_n, u_n, dl_n, B_n, C_n, z_n, o_n
         # The next step's loads go out before this step's arithmetic, which then hides their latency.
-        more = i + 1 < L
+        more = i + 1 < i1
         t_n = _step_position(i + 1, L, H, REVERSE, COLS)
         u_n, dl_n, B_n = _load_step(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, t_n, mask_d, mask_n, more, PROJ, BLOCK_N)
         C_n = _load_C(C_ptr, sC_t, t_n, mask_n, more, PROJ, BLOCK_N)
@@ -299,7 +448,8 @@ def _scan_fwd_direction(
             y = y * zt * tl.sigmoid(zt)
         tl.store(out_ptr + t * so_t, y.to(out_ptr.dtype.element_ty), mask=mask_d)
     if STORE_LAST:
-        tl.store(last_ptr + (pid_b * dim + offs_d[None, :]) * N + offs_n[:, None], h, mask=mask_dn)
+        tl.store(last_ptr + (pid_b * dim + offs_d[None, :]) * N + offs_n[:, None], h,
+                 mask=mask_dn & (pid_s == n_segs - 1))
 
 
 @triton.jit
@@ -312,19 +462,20 @@ def _scan_bwd_direction(
     D_ptr, bias_ptr, Wx_ptr, wdt_ptr, cw_ptr, cb_ptr,
     z_ptr, sz_b, sz_d, sz_t,
     dout_ptr, sdo_b, sdo_d, sdo_t,
-    states_ptr, scratch_ptr,
+    states_ptr, seg_ptr, scratch_ptr,
     du_ptr, ddl_ptr, dz_ptr, dB_ptr, dB_g, dC_ptr, dC_g, dA_ptr, dD_ptr, dbias_ptr, dWx_ptr, dwdt_ptr, dcw_ptr,
     dcb_ptr,
-    pid_b, pid_d, dim, L, N, n_chunks, H,
+    pid_b, pid_d, pid_s, dim, L, N, n_chunks, H, seg_len, n_segs,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, GATE: tl.constexpr,
     REVERSE: tl.constexpr, ACCUMULATE: tl.constexpr, COLS: tl.constexpr, TOKEN_MAJOR: tl.constexpr,
     PROJ: tl.constexpr, CONV: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     CHUNK: tl.constexpr,
 ):
-    """Gradients of one direction. du, ddelta, dz: contiguous (batch, dim, L) in the inputs' dtypes, or with
-    TOKEN_MAJOR contiguous (batch, L, dim); dB, dC: float32 (batch, groups, N, L) (TOKEN_MAJOR: (batch,
-    groups, L, N)), added to atomically; dA (batch, dim, N), dD and dbias
-    (batch, dim): float32 per-sequence sums. With ACCUMULATE, dz already holds the other direction's
+    """Gradients of one direction over segment pid_s of the scan order (see `_scan_fwd_direction`; seg: the
+    later segments' adjoint summaries, `s6_segment_adjoints_kernel`). du, ddelta, dz: contiguous (batch, dim,
+    L) in the inputs' dtypes, or with TOKEN_MAJOR contiguous (batch, L, dim); dB, dC: float32 (batch, groups,
+    N, L) (TOKEN_MAJOR: (batch, groups, L, N)), added to atomically; dA (batch, n_segs, dim, N), dD and dbias
+    (batch, n_segs, dim): float32 per-segment sums. With ACCUMULATE, dz already holds the other direction's
     part and this one is added to it. scratch: CHUNK * BLOCK_D * BLOCK_N float32 per program (with CONV
     CHUNK * BLOCK_D * (BLOCK_N + 1)). With PROJ (no ddelta, dB, dC): dWx (batch, dim, 1 + 2N) and dwdt
     (batch, dim) float32 per-channel sums of the projection weights' gradients. With CONV, du is the
@@ -355,7 +506,8 @@ def _scan_bwd_direction(
     z_ptr += pid_b * sz_b + offs_d * sz_d
     dout_ptr += pid_b * sdo_b + offs_d * sdo_d
     state_offs = (pid_b * n_chunks * N + offs_n[:, None]) * dim + offs_d[None, :]
-    base = (pid_b * tl.num_programs(0) + pid_d) * CHUNK * BLOCK_D
+    row = pid_b * n_segs + pid_s  # of the per-segment sums and the scratch
+    base = (row * tl.num_programs(0) + pid_d) * CHUNK * BLOCK_D
     if CONV:  # the chunk's conv outputs (before SiLU) follow its states
         base = base * (BLOCK_N + 1)
         pre_ptr = scratch_ptr + base + CHUNK * BLOCK_D * BLOCK_N + tl.arange(0, BLOCK_D)
@@ -363,8 +515,10 @@ def _scan_bwd_direction(
         base = base * BLOCK_N
         pre_ptr = scratch_ptr
     scratch_ptr += base + offs_n[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
-    g = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    a_next = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    # The first update g = a_next g + C dy takes what the later segments pass in (a_next = 1).
+    g = _entering_adjoint(seg_ptr, A2, pid_b, pid_s, n_segs, dim, N, offs_d, offs_n, mask_d, mask_dn, BLOCK_D,
+                          BLOCK_N)
+    a_next = tl.full((BLOCK_N, BLOCK_D), 1.0, dtype=tl.float32)
     dA_acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -385,8 +539,10 @@ def _scan_bwd_direction(
     dcw2_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dcw3_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dcb_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    for j in range(n_chunks):
-        c = n_chunks - 1 - j
+    c0 = (pid_s * seg_len) // CHUNK
+    c1 = tl.minimum(n_chunks, c0 + seg_len // CHUNK)
+    for j in range(c1 - c0):
+        c = c1 - 1 - j
         # Recompute the chunk's states from the one saved at its start (loads issued a step ahead).
         h = tl.load(states_ptr + state_offs + c * N * dim, mask=mask_dn, other=0.0)
         if CONV:
@@ -522,55 +678,60 @@ def _scan_bwd_direction(
         dD_acc += dD_chunk
         dbias_acc += dbias_chunk
         tl.debug_barrier()
-    tl.store(dA_ptr + (pid_b * dim + offs_d[None, :]) * N + offs_n[:, None], dA_acc, mask=mask_dn)
+    tl.store(dA_ptr + (row * dim + offs_d[None, :]) * N + offs_n[:, None], dA_acc, mask=mask_dn)
     if HAS_D:
-        tl.store(dD_ptr + pid_b * dim + offs_d, dD_acc, mask=mask_d)
+        tl.store(dD_ptr + row * dim + offs_d, dD_acc, mask=mask_d)
     if HAS_BIAS:
-        tl.store(dbias_ptr + pid_b * dim + offs_d, dbias_acc, mask=mask_d)
+        tl.store(dbias_ptr + row * dim + offs_d, dbias_acc, mask=mask_d)
     if PROJ:
-        w_offs = (pid_b * dim + offs_d) * (1 + 2 * N)
+        w_offs = (row * dim + offs_d) * (1 + 2 * N)
         tl.store(dWx_ptr + w_offs, dWr_acc, mask=mask_d)
         tl.store(dWx_ptr + w_offs[None, :] + 1 + offs_n[:, None], dWB_acc, mask=mask_dn)
         tl.store(dWx_ptr + w_offs[None, :] + 1 + N + offs_n[:, None], dWC_acc, mask=mask_dn)
-        tl.store(dwdt_ptr + pid_b * dim + offs_d, dwdt_acc, mask=mask_d)
+        tl.store(dwdt_ptr + row * dim + offs_d, dwdt_acc, mask=mask_d)
     if CONV:
-        c_offs = (pid_b * dim + offs_d) * 4
+        c_offs = (row * dim + offs_d) * 4
         tl.store(dcw_ptr + c_offs, dcw0_acc, mask=mask_d)
         tl.store(dcw_ptr + c_offs + 1, dcw1_acc, mask=mask_d)
         tl.store(dcw_ptr + c_offs + 2, dcw2_acc, mask=mask_d)
         tl.store(dcw_ptr + c_offs + 3, dcw3_acc, mask=mask_d)
-        tl.store(dcb_ptr + pid_b * dim + offs_d, dcb_acc, mask=mask_d)
+        tl.store(dcb_ptr + row * dim + offs_d, dcb_acc, mask=mask_d)
 
 
 @triton.jit
 def s6_fwd_kernel(
     u0, su0_b, su0_d, su0_t, dl0, sdl0_b, sdl0_d, sdl0_t, A0, sA0_d, sA0_n,
     B0, sB0_b, sB0_g, sB0_n, sB0_t, B0_dpg, C0, sC0_b, sC0_g, sC0_n, sC0_t, C0_dpg, D0, bias0, Wx0, wdt0,
-    cw0, cb0, states0,
+    cw0, cb0, states0, seg0,
     u1, su1_b, su1_d, su1_t, dl1, sdl1_b, sdl1_d, sdl1_t, A1, sA1_d, sA1_n,
     B1, sB1_b, sB1_g, sB1_n, sB1_t, B1_dpg, C1, sC1_b, sC1_g, sC1_n, sC1_t, C1_dpg, D1, bias1, Wx1, wdt1,
-    cw1, cb1, states1,
+    cw1, cb1, states1, seg1,
     z, sz_b, sz_d, sz_t, out, so_b, so_d, so_t, last,
-    dim, L, N, n_chunks, H,
+    dim, L, N, n_chunks, H, seg_len, n_segs,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
-    REVERSE: tl.constexpr, BIDIR: tl.constexpr, SAVE_STATES: tl.constexpr, COLS: tl.constexpr, PROJ: tl.constexpr,
-    CONV: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    REVERSE: tl.constexpr, BIDIR: tl.constexpr, RUN0: tl.constexpr, RUN1: tl.constexpr, SAVE_STATES: tl.constexpr,
+    COLS: tl.constexpr, PROJ: tl.constexpr, CONV: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    """Grid (cdiv(dim, BLOCK_D), batch). Direction 0 scans in the order REVERSE says; with BIDIR, direction 1
-    then scans last-to-first and adds its output before the gate."""
-    pid_d, pid_b = tl.program_id(0), tl.program_id(1)
-    _scan_fwd_direction(u0, su0_b, su0_d, su0_t, dl0, sdl0_b, sdl0_d, sdl0_t, A0, sA0_d, sA0_n,
-                        B0, sB0_b, sB0_g, sB0_n, sB0_t, B0_dpg, C0, sC0_b, sC0_g, sC0_n, sC0_t, C0_dpg, D0, bias0,
-                        Wx0, wdt0, cw0, cb0, z, sz_b, sz_d, sz_t, out, so_b, so_d, so_t, last, states0,
-                        pid_b, pid_d, dim, L, N, n_chunks, H,
-                        HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z and not BIDIR, REVERSE, False, SAVE_STATES, not BIDIR,
-                        COLS, PROJ, CONV, E, BLOCK_D, BLOCK_N, CHUNK)
-    if BIDIR:
+    """Grid (cdiv(dim, BLOCK_D), batch, n_segs). Direction 0 scans in the order REVERSE says; with BIDIR,
+    direction 1 then scans last-to-first and adds its output before the gate. RUN0 / RUN1: which of the two
+    this launch runs (a pair split into segments runs them in two launches: direction 1 reads all of
+    direction 0's output)."""
+    pid_d, pid_b, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    if RUN0:
+        _scan_fwd_direction(u0, su0_b, su0_d, su0_t, dl0, sdl0_b, sdl0_d, sdl0_t, A0, sA0_d, sA0_n,
+                            B0, sB0_b, sB0_g, sB0_n, sB0_t, B0_dpg, C0, sC0_b, sC0_g, sC0_n, sC0_t, C0_dpg, D0,
+                            bias0, Wx0, wdt0, cw0, cb0, z, sz_b, sz_d, sz_t, out, so_b, so_d, so_t, last, states0,
+                            seg0, pid_b, pid_d, pid_s, dim, L, N, n_chunks, H, seg_len, n_segs,
+                            HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z and not BIDIR, REVERSE, False, SAVE_STATES, not BIDIR,
+                            COLS, PROJ, CONV, E, BLOCK_D, BLOCK_N, CHUNK)
+    if RUN0 and RUN1:
         tl.debug_barrier()  # direction 1 reads the outputs this program's threads just wrote
+    if RUN1:
         _scan_fwd_direction(u1, su1_b, su1_d, su1_t, dl1, sdl1_b, sdl1_d, sdl1_t, A1, sA1_d, sA1_n,
                             B1, sB1_b, sB1_g, sB1_n, sB1_t, B1_dpg, C1, sC1_b, sC1_g, sC1_n, sC1_t, C1_dpg, D1,
                             bias1, Wx1, wdt1, cw1, cb1, z, sz_b, sz_d, sz_t, out, so_b, so_d, so_t, last, states1,
-                            pid_b, pid_d, dim, L, N, n_chunks, H,
+                            seg1, pid_b, pid_d, pid_s, dim, L, N, n_chunks, H, seg_len, n_segs,
                             HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z, True, True, SAVE_STATES, False,
                             COLS, PROJ, CONV, E, BLOCK_D, BLOCK_N, CHUNK)
 
@@ -579,33 +740,37 @@ def s6_fwd_kernel(
 def s6_bwd_kernel(
     u0, su0_b, su0_d, su0_t, dl0, sdl0_b, sdl0_d, sdl0_t, A0, sA0_d, sA0_n,
     B0, sB0_b, sB0_g, sB0_n, sB0_t, B0_dpg, C0, sC0_b, sC0_g, sC0_n, sC0_t, C0_dpg, D0, bias0, Wx0, wdt0,
-    cw0, cb0, states0,
+    cw0, cb0, states0, seg0,
     du0, ddl0, dB0, dB0_g, dC0, dC0_g, dA0, dD0, dbias0, dWx0, dwdt0, dcw0, dcb0,
     u1, su1_b, su1_d, su1_t, dl1, sdl1_b, sdl1_d, sdl1_t, A1, sA1_d, sA1_n,
     B1, sB1_b, sB1_g, sB1_n, sB1_t, B1_dpg, C1, sC1_b, sC1_g, sC1_n, sC1_t, C1_dpg, D1, bias1, Wx1, wdt1,
-    cw1, cb1, states1,
+    cw1, cb1, states1, seg1,
     du1, ddl1, dB1, dB1_g, dC1, dC1_g, dA1, dD1, dbias1, dWx1, dwdt1, dcw1, dcb1,
     z, sz_b, sz_d, sz_t, dout, sdo_b, sdo_d, sdo_t, dz, scratch,
-    dim, L, N, n_chunks, H,
+    dim, L, N, n_chunks, H, seg_len, n_segs,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
-    REVERSE: tl.constexpr, BIDIR: tl.constexpr, COLS: tl.constexpr, TOKEN_MAJOR: tl.constexpr, PROJ: tl.constexpr,
-    CONV: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    REVERSE: tl.constexpr, RUN0: tl.constexpr, RUN1: tl.constexpr, COLS: tl.constexpr, TOKEN_MAJOR: tl.constexpr,
+    PROJ: tl.constexpr, CONV: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    CHUNK: tl.constexpr,
 ):
-    """Grid (cdiv(dim, BLOCK_D), batch); the gradients of `s6_fwd_kernel`, direction by direction."""
-    pid_d, pid_b = tl.program_id(0), tl.program_id(1)
-    _scan_bwd_direction(u0, su0_b, su0_d, su0_t, dl0, sdl0_b, sdl0_d, sdl0_t, A0, sA0_d, sA0_n,
-                        B0, sB0_b, sB0_g, sB0_n, sB0_t, B0_dpg, C0, sC0_b, sC0_g, sC0_n, sC0_t, C0_dpg, D0, bias0,
-                        Wx0, wdt0, cw0, cb0, z, sz_b, sz_d, sz_t, dout, sdo_b, sdo_d, sdo_t, states0, scratch,
-                        du0, ddl0, dz, dB0, dB0_g, dC0, dC0_g, dA0, dD0, dbias0, dWx0, dwdt0, dcw0, dcb0,
-                        pid_b, pid_d, dim, L, N, n_chunks, H,
-                        HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z, REVERSE, False, COLS, TOKEN_MAJOR, PROJ, CONV, E,
-                        BLOCK_D, BLOCK_N, CHUNK)
-    if BIDIR:
+    """Grid (cdiv(dim, BLOCK_D), batch, n_segs); the gradients of `s6_fwd_kernel`, direction by direction
+    (RUN0 / RUN1 as there; direction 1 adds its part of dz to direction 0's)."""
+    pid_d, pid_b, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    if RUN0:
+        _scan_bwd_direction(u0, su0_b, su0_d, su0_t, dl0, sdl0_b, sdl0_d, sdl0_t, A0, sA0_d, sA0_n,
+                            B0, sB0_b, sB0_g, sB0_n, sB0_t, B0_dpg, C0, sC0_b, sC0_g, sC0_n, sC0_t, C0_dpg, D0,
+                            bias0, Wx0, wdt0, cw0, cb0, z, sz_b, sz_d, sz_t, dout, sdo_b, sdo_d, sdo_t, states0,
+                            seg0, scratch, du0, ddl0, dz, dB0, dB0_g, dC0, dC0_g, dA0, dD0, dbias0, dWx0, dwdt0,
+                            dcw0, dcb0, pid_b, pid_d, pid_s, dim, L, N, n_chunks, H, seg_len, n_segs,
+                            HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z, REVERSE, False, COLS, TOKEN_MAJOR, PROJ, CONV, E,
+                            BLOCK_D, BLOCK_N, CHUNK)
+    if RUN0 and RUN1:
         tl.debug_barrier()  # direction 1 adds its part to the dz this program's threads just wrote
+    if RUN1:
         _scan_bwd_direction(u1, su1_b, su1_d, su1_t, dl1, sdl1_b, sdl1_d, sdl1_t, A1, sA1_d, sA1_n,
                             B1, sB1_b, sB1_g, sB1_n, sB1_t, B1_dpg, C1, sC1_b, sC1_g, sC1_n, sC1_t, C1_dpg, D1,
                             bias1, Wx1, wdt1, cw1, cb1, z, sz_b, sz_d, sz_t, dout, sdo_b, sdo_d, sdo_t, states1,
-                            scratch, du1, ddl1, dz, dB1, dB1_g, dC1, dC1_g, dA1, dD1, dbias1, dWx1, dwdt1, dcw1, dcb1,
-                            pid_b, pid_d, dim, L, N, n_chunks, H,
+                            seg1, scratch, du1, ddl1, dz, dB1, dB1_g, dC1, dC1_g, dA1, dD1, dbias1, dWx1, dwdt1,
+                            dcw1, dcb1, pid_b, pid_d, pid_s, dim, L, N, n_chunks, H, seg_len, n_segs,
                             HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z, True, True, COLS, TOKEN_MAJOR, PROJ, CONV, E,
                             BLOCK_D, BLOCK_N, CHUNK)

@@ -9,13 +9,15 @@ launchers without the custom-op dispatch.
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import NamedTuple
 
 import torch
 import triton
 
 from .._backend import launch_device
-from .triton_kernels import s6_bwd_kernel, s6_fwd_kernel
+from .triton_kernels import s6_bwd_kernel, s6_fwd_kernel, s6_segment_adjoints_kernel, s6_segment_states_kernel
 
 
 def block_sizes(dim: int, length: int, n: int, dpgs: tuple[int, ...]) -> tuple[int, int, int, int]:
@@ -31,10 +33,29 @@ def block_sizes(dim: int, length: int, n: int, dpgs: tuple[int, ...]) -> tuple[i
     return block_d, block_n, 32, 1  # picked from the H100 sweep recorded in BENCHMARKS.md
 
 
-def _direction(rows, u, delta, A, B, C, D, delta_bias, proj=None):
-    """Kernel arguments of one direction for the batch rows `rows`: tensors with their strides, B and C as
-    (batch, G, N, L) views, then the projection weights and conv (Wx, w_dt, conv weight by lag, conv bias)
-    when `proj` gives them (delta, B and C are then None; u stands in for what is absent, never read)."""
+class _Direction(NamedTuple):
+    """One direction's kernel arguments for some batch rows: each tensor followed by its strides."""
+
+    u: list  # u, then its (batch, dim, L) strides
+    delta: list
+    A: list  # A with its channels adjacent, then its (dim, N) strides
+    B: list  # B as (batch, G, N, L), its strides, then channels per group
+    C: list
+    params: list  # D, delta_bias, then the PROJ mode's Wx, w_dt, conv weight by lag, conv bias
+    reverse: bool  # scans last-to-first
+
+    def args(self) -> list:
+        return [*self.u, *self.delta, *self.A, *self.B, *self.C, *self.params]
+
+    @property
+    def bias(self):
+        return self.params[1]
+
+
+def _direction(rows, u, delta, A, B, C, D, delta_bias, reverse, proj=None) -> _Direction:
+    """A direction's arguments for the batch rows `rows`, with B and C as (batch, G, N, L) views and the
+    projection weights and conv (Wx, w_dt, conv weight by lag, conv bias) when `proj` gives them (delta, B
+    and C are then None; u stands in for what is absent, never read)."""
     dim = u.shape[1]
     if proj is not None:
         delta, B, C = u, u.unsqueeze(1), u.unsqueeze(1)
@@ -42,9 +63,42 @@ def _direction(rows, u, delta, A, B, C, D, delta_bias, proj=None):
     B4 = (B if B.dim() == 4 else B.unsqueeze(1))[rows]
     C4 = (C if C.dim() == 4 else C.unsqueeze(1))[rows]
     A = A.t().contiguous().t()  # channels adjacent, as the kernels hold the state (N, channels)
-    return [u, *u.stride(), delta, *delta.stride(), A, *A.stride(),
-            B4, *B4.stride(), dim // B4.shape[1], C4, *C4.stride(), dim // C4.shape[1],
-            *[u if t is None else t for t in (D, delta_bias, *(proj or (None,) * 4))]]
+    return _Direction([u, *u.stride()], [delta, *delta.stride()], [A, *A.stride()],
+                      [B4, *B4.stride(), dim // B4.shape[1]], [C4, *C4.stride(), dim // C4.shape[1]],
+                      [u if t is None else t for t in (D, delta_bias, *(proj or (None,) * 4))], reverse)
+
+
+# Splitting the scan order into segments (one program each, see `segments`) aims at this many programs per
+# SM, and keeps at least MIN_SEGMENT_CHUNKS chunks per segment.
+PROGRAMS_PER_SM = 8
+MIN_SEGMENT_CHUNKS = 4
+
+
+@functools.lru_cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def segments(programs: int, length: int, chunk: int, device: torch.device) -> tuple[int, int]:
+    """(n_segs, seg_len): the scan order cut into n_segs segments of seg_len steps (a multiple of chunk), so
+    that `programs` programs per segment fill the GPU. Each segment's program starts from the state folded
+    from the earlier segments' summaries (a short scan of each from a zero state), and the backward likewise
+    from the later segments' adjoints. One segment (no split) off CUDA."""
+    chunks = triton.cdiv(length, chunk)
+    split = 1
+    if device.type == "cuda":
+        want = triton.cdiv(_sm_count(device.index or 0) * PROGRAMS_PER_SM, programs)
+        split = max(1, min(want, chunks // MIN_SEGMENT_CHUNKS))
+    per = triton.cdiv(chunks, split)
+    return triton.cdiv(chunks, per), per * chunk
+
+
+def _runs(bidir: bool, n_segs: int) -> list[tuple[bool, bool]]:
+    """(RUN0, RUN1) of each launch: one launch, or for a pair split into segments one per direction (the
+    second direction reads the first one's output or dz, all of it)."""
+    if not bidir:
+        return [(True, False)]
+    return [(True, True)] if n_segs == 1 else [(True, False), (False, True)]
 
 
 PROJ_CHUNK = 32  # steps between the states the PROJ forward saves
@@ -124,6 +178,21 @@ def _empty_scan_layout(shape, token_major, **kwargs):
     return torch.empty(shape, **kwargs)
 
 
+def _split(u, proj, block_d, chunk) -> tuple[int, int]:
+    """`segments` for a launch of u (batch, dim, L); the PROJ mode is never split."""
+    batch, dim, length = u.shape
+    if proj is not None:
+        return 1, _n_chunks(length, chunk) * chunk
+    return segments(batch * triton.cdiv(dim, block_d), length, chunk, u.device)
+
+
+def _summaries(u, n, n_segs):
+    """Per-segment summaries (batch, n_segs, N + 1, dim) float32 of a split direction; empty without split."""
+    batch, dim, _ = u.shape
+    shape = (batch, n_segs, n + 1, dim) if n_segs > 1 else (0,)
+    return torch.empty(shape, dtype=torch.float32, device=u.device)
+
+
 def _launch_fwd(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev, z,
                 delta_softplus, reverse, save_states, cols=0, proj=None, proj_rev=None):
     """out (batch, dim, L) in u's dtype and layout (`_token_major`), last state (batch, dim, N) float32 (one
@@ -136,24 +205,37 @@ def _launch_fwd(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev
     bidir = u_rev is not None
     block_d, block_n, chunk, warps, e = _config(u, A, B, C, B_rev, C_rev, proj)
     chunks = _n_chunks(length, chunk)
+    programs = triton.cdiv(dim, block_d)
+    n_segs, seg_len = _split(u, proj, block_d, chunk)
     out = _empty_scan_layout(u.shape, _token_major(u), dtype=u.dtype, device=u.device)
     last = torch.empty((0,) if bidir else (batch, dim, n), dtype=torch.float32, device=u.device)
     states_shape = (batch, chunks, n, dim) if save_states else (0,)
     states = [torch.empty(states_shape, dtype=torch.float32, device=u.device) for _ in range(1 + bidir)]
-    tensors = [u, delta, B, C, u_rev, delta_rev, B_rev, C_rev, z, out, *states]
+    summaries = [_summaries(u, n, n_segs) for _ in range(1 + bidir)]
+    sizes = dict(dim=dim, L=length, N=n, H=max(cols, 1), seg_len=seg_len, n_segs=n_segs)
+    flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, COLS=cols > 0, BLOCK_D=block_d,
+                 BLOCK_N=block_n, num_warps=warps)
+    tensors = [u, delta, B, C, u_rev, delta_rev, B_rev, C_rev, z, out, *states, *summaries]
     for rows in _row_slices(batch, _rows_for_32bit(tensors)):
-        dir0 = _direction(rows, u, delta, A, B, C, D, delta_bias, proj) + [_rows(states[0], rows)]
-        dir1 = _direction(rows, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev, proj_rev) \
-            + [_rows(states[1], rows)] if bidir else dir0
+        dirs = [_direction(rows, u, delta, A, B, C, D, delta_bias, reverse, proj)]
+        if bidir:
+            dirs.append(_direction(rows, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev, True, proj_rev))
+        segs = [_rows(t, rows) for t in summaries]
         gate = [u, 0, 0, 0] if z is None else [z[rows], *z.stride()]
         o = out[rows]
+        grid = (programs, o.shape[0], n_segs)
         with launch_device(u):
-            s6_fwd_kernel[(triton.cdiv(dim, block_d), o.shape[0])](
-                *dir0, *dir1, *gate, o, *o.stride(), o if bidir else last[rows], dim, length, n, chunks, max(cols, 1),
-                HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
-                REVERSE=reverse, BIDIR=bidir, SAVE_STATES=save_states, COLS=cols > 0, PROJ=proj is not None,
-                CONV=_has_conv(proj), E=e, BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=warps,
-            )
+            for run0, run1 in _runs(bidir, n_segs):
+                for d, seg, run in zip(dirs, segs, (run0, run1)):
+                    if run and n_segs > 1:
+                        s6_segment_states_kernel[grid[:2] + (n_segs - 1,)](
+                            *d.u, *d.delta, *d.A, *d.B, d.bias, seg, **sizes, REVERSE=d.reverse, **flags)
+                s6_fwd_kernel[grid](
+                    *dirs[0].args(), _rows(states[0], rows), segs[0], *dirs[-1].args(), _rows(states[-1], rows),
+                    segs[-1], *gate, o, *o.stride(), o if bidir else last[rows], n_chunks=chunks, **sizes,
+                    HAS_D=D is not None, HAS_Z=z is not None, REVERSE=reverse, BIDIR=bidir, RUN0=run0, RUN1=run1,
+                    SAVE_STATES=save_states, PROJ=proj is not None, CONV=_has_conv(proj), E=e, CHUNK=chunk, **flags,
+                )
     return out, last, states[0], states[-1] if bidir else torch.empty(0, device=u.device)
 
 
@@ -185,17 +267,19 @@ def _(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D
             states.new_empty(states_shape if u_rev is not None else (0,)))
 
 
-def _grad_buffers(u, delta, A, B, C, D, delta_bias, proj=None):
+def _grad_buffers(u, delta, A, B, C, D, delta_bias, n_segs, proj=None):
     """du, ddelta (inputs' dtypes, contiguous in u's layout); dB, dC float32 (batch, G, N, L) zeros (added to
-    atomically; stored (batch, G, L, N) for token-major u); dA, dD, dbias float32 per-sequence partials; with
-    `proj` no ddelta, dB, dC (empty) but dWx (batch, dim, 1 + 2N) and dw_dt (batch, dim) float32
-    per-sequence partials, and with its conv dcw (batch, dim, 4) and dcb (batch, dim) likewise."""
+    atomically; stored (batch, G, L, N) for token-major u); dA (batch, n_segs, dim, N), dD, dbias (batch,
+    n_segs, dim) float32 per-segment partials; with `proj` (never split) no ddelta, dB, dC (empty), dA, dD,
+    dbias (batch, dim, ...) and dWx (batch, dim, 1 + 2N) and dw_dt (batch, dim) float32 per-sequence
+    partials, and with its conv dcw (batch, dim, 4) and dcb (batch, dim) likewise."""
     batch, dim, length = u.shape
     n = A.shape[1]
     f32 = dict(dtype=torch.float32, device=u.device)
     token_major = _token_major(u)
     du = _empty_scan_layout(u.shape, token_major, dtype=u.dtype, device=u.device)
-    per_row = [torch.empty(batch, dim, n, **f32), torch.empty(batch, dim, **f32), torch.empty(batch, dim, **f32)]
+    rows = (batch,) if proj is not None else (batch, n_segs)
+    per_row = [torch.empty(*rows, dim, n, **f32), torch.empty(*rows, dim, **f32), torch.empty(*rows, dim, **f32)]
     if proj is not None:
         empty = u.new_empty(0)
         conv = [torch.empty(batch, dim, 4, **f32), torch.empty(batch, dim, **f32)] if _has_conv(proj) else [du, du]
@@ -211,9 +295,9 @@ def _finish_grads(buffers, B, C, A, D, delta_bias):
     du, ddelta, dB, _, dC, _, dA, dD, dbias, *_ = buffers
     dB = (dB if B.dim() == 4 else dB[:, 0]).to(B.dtype)
     dC = (dC if C.dim() == 4 else dC[:, 0]).to(C.dtype)
-    dD = du.new_empty(0) if D is None else dD.sum(0).to(D.dtype)
-    dbias = du.new_empty(0) if delta_bias is None else dbias.sum(0).to(delta_bias.dtype)
-    return [du, ddelta, dA.sum(0).to(A.dtype), dB, dC, dD, dbias]
+    dD = du.new_empty(0) if D is None else dD.sum((0, 1)).to(D.dtype)
+    dbias = du.new_empty(0) if delta_bias is None else dbias.sum((0, 1)).to(delta_bias.dtype)
+    return [du, ddelta, dA.sum((0, 1)).to(A.dtype), dB, dC, dD, dbias]
 
 
 def _launch_bwd_buffers(dout, states, states_rev, u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev,
@@ -225,33 +309,46 @@ def _launch_bwd_buffers(dout, states, states_rev, u, delta, A, B, C, D, delta_bi
     bidir = u_rev is not None
     block_d, block_n, chunk, warps, e = _config(u, A, B, C, B_rev, C_rev, proj)
     programs = triton.cdiv(dim, block_d)
-    g0 = _grad_buffers(u, delta, A, B, C, D, delta_bias, proj)
-    g1 = _grad_buffers(u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev, proj_rev) if bidir else g0
+    n_segs, seg_len = _split(u, proj, block_d, chunk)
+    g0 = _grad_buffers(u, delta, A, B, C, D, delta_bias, n_segs, proj)
+    g1 = _grad_buffers(u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev, n_segs, proj_rev) if bidir else g0
+    summaries = [_summaries(u, n, n_segs) for _ in range(1 + bidir)]
     token_major = _token_major(u)
     dz = _empty_scan_layout(u.shape, token_major, dtype=z.dtype, device=u.device) if z is not None else u.new_empty(0)
-    per_row = programs * chunk * block_d * (block_n + _has_conv(proj))
-    tensors = [dout, states, states_rev, u, delta, B, C, u_rev, delta_rev, B_rev, C_rev, z, dz,
+    per_row = programs * n_segs * chunk * block_d * (block_n + _has_conv(proj))
+    tensors = [dout, states, states_rev, u, delta, B, C, u_rev, delta_rev, B_rev, C_rev, z, dz, *summaries,
                *[b for b in g0 + g1 if not isinstance(b, int)]]
     slices = _row_slices(batch, min(SCRATCH_FLOATS // per_row, _rows_for_32bit(tensors)))
     scratch = torch.empty((slices[0].stop - slices[0].start) * per_row, dtype=torch.float32, device=u.device)
+    sizes = dict(dim=dim, L=length, N=n, H=max(cols, 1), seg_len=seg_len, n_segs=n_segs)
+    flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, COLS=cols > 0, BLOCK_D=block_d,
+                 BLOCK_N=block_n, num_warps=warps)
 
     def grads(buffers, rows):  # dB_g / dC_g are group counts, not buffers
         return [b if isinstance(b, int) else b[rows] for b in buffers]
 
     for rows in slices:
-        dir0 = _direction(rows, u, delta, A, B, C, D, delta_bias, proj) + [states[rows]] + grads(g0, rows)
-        dir1 = _direction(rows, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev, proj_rev) \
-            + [states_rev[rows]] + grads(g1, rows) if bidir else dir0
+        dirs = [_direction(rows, u, delta, A, B, C, D, delta_bias, reverse, proj)]
+        if bidir:
+            dirs.append(_direction(rows, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev, True, proj_rev))
+        segs = [_rows(t, rows) for t in summaries]
         gate = [u, 0, 0, 0] if z is None else [z[rows], *z.stride()]
         do = dout[rows]
+        grid = (programs, do.shape[0], n_segs)
         with launch_device(u):
-            s6_bwd_kernel[(programs, do.shape[0])](
-                *dir0, *dir1, *gate, do, *do.stride(), dz[rows] if z is not None else u, scratch,
-                dim, length, n, _n_chunks(length, chunk), max(cols, 1),
-                HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_Z=z is not None,
-                REVERSE=reverse, BIDIR=bidir, COLS=cols > 0, TOKEN_MAJOR=token_major, PROJ=proj is not None,
-                CONV=_has_conv(proj), E=e, BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=warps,
-            )
+            for run0, run1 in _runs(bidir, n_segs):
+                for d, seg, run in zip(dirs, segs, (run0, run1)):
+                    if run and n_segs > 1:
+                        s6_segment_adjoints_kernel[grid[:2] + (n_segs - 1,)](
+                            *d.delta, *d.A, *d.C, d.bias, *gate, do, *do.stride(), seg, **sizes,
+                            GATE=z is not None, REVERSE=d.reverse, **flags)
+                s6_bwd_kernel[grid](
+                    *dirs[0].args(), states[rows], segs[0], *grads(g0, rows), *dirs[-1].args(),
+                    states_rev[rows] if bidir else states[rows], segs[-1], *grads(g1, rows), *gate, do, *do.stride(),
+                    dz[rows] if z is not None else u, scratch, n_chunks=_n_chunks(length, chunk), **sizes,
+                    HAS_D=D is not None, HAS_Z=z is not None, REVERSE=reverse, RUN0=run0, RUN1=run1,
+                    TOKEN_MAJOR=token_major, PROJ=proj is not None, CONV=_has_conv(proj), E=e, CHUNK=chunk, **flags,
+                )
     return g0, g1, dz
 
 
