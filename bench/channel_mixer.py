@@ -193,17 +193,17 @@ def time_shape(batch, tokens, channels):
 def sweep(out_dir):
     """Forward and forward+backward ms of the projected op per (groups per program) and shape, the same
     count for both kernels; the launcher's pick (`PROJ_GROUPS`) at each CHUNK last."""
-    picked, chunk = triton_op.PROJ_GROUPS, triton_op.PROJ_CHUNK
+    picked, chunk = triton_op.PROJ_GROUPS, triton_op.CHUNK
     rows = []
     print("| batch, tokens, channels | groups per program | fwd ms | fwd+bwd ms |")
     for shape in SHAPES:
         fwd, both = timers(*shape)["projected"]
         for groups, steps in [*((g, chunk) for g in SWEEP), *((picked, c) for c in CHUNKS)]:
-            triton_op.PROJ_GROUPS, triton_op.PROJ_CHUNK = groups, steps
+            triton_op.PROJ_GROUPS, triton_op.CHUNK = groups, steps
             row = dict(shape=shape, groups=groups, chunk=steps, fwd_ms=bench(fwd), fwd_bwd_ms=bench(both))
             rows.append(row)
             print(f"| {shape} | {groups}, CHUNK {steps} | {row['fwd_ms']:.3f} | {row['fwd_bwd_ms']:.3f} |", flush=True)
-        triton_op.PROJ_GROUPS, triton_op.PROJ_CHUNK = picked, chunk
+        triton_op.PROJ_GROUPS, triton_op.CHUNK = picked, chunk
     result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__, rows=rows)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "channel_mixer_sweep.json"), "w") as f:

@@ -202,18 +202,25 @@ def forced_segments(split):
     return segments
 
 
+def picked_segments(shape):
+    """(n_segs, seg_len) that `triton_op.segments` picks for a single-direction scan of this shape."""
+    batch, dim, length, n = shape
+    block_d, _, chunk, _ = triton_op.block_sizes(dim, length, n, ())
+    return triton_op.segments(batch * triton.cdiv(dim, block_d), length, chunk, torch.device("cuda"))
+
+
 def segment_sweep():
     """Graph-replay ms of forward and forward+backward per forced segment count, and the count `segments`
     picks, at the shapes long enough to split."""
     default, rows = triton_op.segments, []
     for shape in SHAPES:
         batch, dim, length, n = shape
-        if length < 2 * 32 * triton_op.MIN_SEGMENT_CHUNKS:
+        if length < 2 * triton_op.CHUNK * triton_op.MIN_SEGMENT_CHUNKS:
             continue
         a = with_grad(inputs(*shape, torch.bfloat16, seed=2))
         a["delta_softplus"] = True
         dout = torch.randn(batch, dim, length, device="cuda", dtype=torch.bfloat16)
-        picked = default(batch * triton.cdiv(dim, 32), length, 32, torch.device("cuda"))[0]
+        picked = picked_segments(shape)[0]
         for split in (1, 2, 4, 8, 16, 32, 64):
             triton_op.segments = forced_segments(split)
             try:
@@ -268,7 +275,7 @@ def benchmark():
                    bidir_mamba_fwd_ms=two_t[0], bidir_mamba_fwd_bwd_ms=two_t[1],
                    bidir_fwd_ratio=fused_t[0] / two_t[0], bidir_fwd_bwd_ratio=fused_t[1] / two_t[1],
                    config=triton_op.block_sizes(dim, length, n, ()),
-                   segments=triton_op.segments(batch * triton.cdiv(dim, 32), length, 32, torch.device("cuda")))
+                   segments=picked_segments(shape))
         rows.append(row)
         print(json.dumps(row), flush=True)
     return bw, rows

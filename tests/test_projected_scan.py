@@ -167,7 +167,7 @@ def test_kernels_with_any_groups_per_program(monkeypatch, per_program, e, groups
     """Programs owning one or several groups (each summing B, C and delta over its own e rows; the last
     program partly filled), across three saved-state chunks."""
     monkeypatch.setattr(triton_op, "PROJ_GROUPS", per_program)
-    monkeypatch.setattr(triton_op, "PROJ_CHUNK", 8)
+    monkeypatch.setattr(triton_op, "CHUNK", 8)
     check_kernels_with_every_gradient(*inputs(e=e, n=5, groups=groups, length=20, seed=3 * groups))
 
 

@@ -26,6 +26,14 @@ float32 buffer atomically. A fused bidirectional launch runs direction 0 first-t
 last-to-first in the same program; the second pass adds its output to the first one's before the gate,
 so no flipped copy is made.
 
+Long scans with too few programs to fill the GPU (batch x channel blocks) are cut into segments of the scan
+order, a third grid axis: `s6_segment_states_kernel` first scans each segment but the last from a zero state
+and keeps its end state and its sum of dt; each forward program then folds the earlier segments' summaries
+into the state entering its own segment, h <- exp(A sum dt) h + h_j, and scans the segment. The backward
+mirrors it with the adjoint (`s6_segment_adjoints_kernel`), folded from the later segments. The extra work
+is about one scan without outputs per direction. A fused pair runs one launch per direction when split, since
+direction 1's segment reads direction 0's output from other programs. The PROJ mode is not split.
+
 PROJ (ViM2's channel mixer): delta, B and C are not read but computed from u itself. A program owns
 BLOCK_D / E whole groups of E channels (one token's features each); per step and group r = <W_r, u_t>,
 delta = w_dt r + bias, B_t = W_B u_t, C_t = W_C u_t with W = (W_r; W_B; W_C) of shape (1 + 2N, E), held on

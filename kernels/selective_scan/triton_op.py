@@ -19,6 +19,10 @@ import triton
 from .._backend import launch_device
 from .triton_kernels import s6_bwd_kernel, s6_fwd_kernel, s6_segment_adjoints_kernel, s6_segment_states_kernel
 
+# Steps between the states the forward saves for the backward, which recomputes the states of one chunk at
+# a time into its scratch (both modes; picked from the H100 sweeps recorded in BENCHMARKS.md).
+CHUNK = 32
+
 
 def block_sizes(dim: int, length: int, n: int, dpgs: tuple[int, ...]) -> tuple[int, int, int, int]:
     """(BLOCK_D, BLOCK_N, CHUNK, num_warps) for a scan of `dim` channels, `length` steps and N = `n`.
@@ -30,7 +34,7 @@ def block_sizes(dim: int, length: int, n: int, dpgs: tuple[int, ...]) -> tuple[i
     for dpg in dpgs:
         block_d = math.gcd(block_d, dpg & -dpg)
     block_n = triton.next_power_of_2(n)
-    return block_d, block_n, 32, 1  # picked from the H100 sweep recorded in BENCHMARKS.md
+    return block_d, block_n, CHUNK, 1  # picked from the H100 sweep recorded in BENCHMARKS.md
 
 
 class _Direction(NamedTuple):
@@ -101,9 +105,6 @@ def _runs(bidir: bool, n_segs: int) -> list[tuple[bool, bool]]:
     return [(True, True)] if n_segs == 1 else [(True, False), (False, True)]
 
 
-PROJ_CHUNK = 32  # steps between the states the PROJ forward saves
-
-
 # Groups of e channels (tokens) per program of a PROJ launch, both kernels, one warp: the best of 4 to 32
 # at every stage shape of vim2_tiny in the H100 sweep recorded in BENCHMARKS.md.
 PROJ_GROUPS = 16
@@ -114,7 +115,7 @@ def _config(u, A, B, C, B_rev, C_rev, proj):
     (Wx, w_dt, conv weight, conv bias) PROJ_GROUPS groups of E = e channels per program."""
     if proj is not None:
         e = proj[0].shape[1]
-        return e * PROJ_GROUPS, triton.next_power_of_2(A.shape[1]), PROJ_CHUNK, 1, e
+        return e * PROJ_GROUPS, triton.next_power_of_2(A.shape[1]), CHUNK, 1, e
     return *block_sizes(u.shape[1], u.shape[2], A.shape[1], _dpgs(u.shape[1], B, C, B_rev, C_rev)), 1
 
 
@@ -441,9 +442,9 @@ class _EagerScan(torch.autograd.Function):
 def _check_row_scratch(u, A):
     """The kernels index with 32-bit offsets; the launchers slice the batch so that offsets from each slice's
     base fit, which leaves one batch row's backward scratch (dim * CHUNK * (N + 1) floats at most) as the limit."""
-    if u.shape[1] * 32 * (triton.next_power_of_2(A.shape[1]) + 1) >= 2**31:
-        raise ValueError(f"u: the Triton kernels take dim * 32 * (N + 1) below 2**31, got shape {tuple(u.shape)} with "
-                         f"N={A.shape[1]}; use backend='torch'")
+    if u.shape[1] * CHUNK * (triton.next_power_of_2(A.shape[1]) + 1) >= 2**31:
+        raise ValueError(f"u: the Triton kernels take dim * {CHUNK} * (N + 1) below 2**31, got shape "
+                         f"{tuple(u.shape)} with N={A.shape[1]}; use backend='torch'")
 
 
 def _scan(*inputs):
@@ -541,7 +542,7 @@ def selective_scan_projected_fwd(
 @selective_scan_projected_fwd.register_fake
 def _(z, u, A, Wx, wdt, D, bias, u_r, A_r, Wx_r, wdt_r, D_r, bias_r, cw, cb, cw_r, cb_r, save_states):
     batch, dim, length = u.shape
-    shape = (batch, _n_chunks(length, PROJ_CHUNK), A.shape[1], dim) if save_states else (0,)
+    shape = (batch, _n_chunks(length, CHUNK), A.shape[1], dim) if save_states else (0,)
     out = _empty_scan_layout(u.shape, _token_major(u), dtype=u.dtype, device=u.device)
     return out, u.new_empty(shape, dtype=torch.float32), u.new_empty(shape, dtype=torch.float32)
 
