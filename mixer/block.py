@@ -7,6 +7,7 @@ import torch.nn as nn
 from timm.layers import DropPath
 
 from ..kernels import weighted_sum
+from .hybrid import Hybrid, as_hybrid
 from .mixers import SelectiveChannelMixer, SelectiveTokenMixer
 
 
@@ -22,17 +23,19 @@ class MambaMixerBlock(nn.Module):
     The weights start as a plain sequential stack (beta_{l-1} = theta_l = 1, the rest 0), as DenseFormer
     starts from the ordinary residual stream, and learn from there. The mixers map (batch, L, dim) to itself.
     Each combination is one `weighted_sum` (`backend` picks its op: on CUDA a Triton kernel that reads each
-    earlier output once).
+    earlier output once). `mlp` (a hybrid stack's mixture-of-experts MLP, say) adds one more pre-norm
+    residual step to yChannel_l: yChannel_l += MLP(Norm(yChannel_l)).
     """
 
     def __init__(self, index: int, dim: int, token_mixer: nn.Module, channel_mixer: nn.Module,
-                 norm_layer=nn.LayerNorm, drop_path: float = 0.0, backend: str = "auto"):
+                 norm_layer=nn.LayerNorm, drop_path: float = 0.0, backend: str = "auto", mlp: nn.Module | None = None):
         super().__init__()
         if index < 1:
             raise ValueError(f"index: blocks are numbered from 1, got {index}")
         self.index, self.backend = index, backend
         self.token_norm, self.token_mixer = norm_layer(dim), token_mixer
         self.channel_norm, self.channel_mixer = norm_layer(dim), channel_mixer
+        self.mlp_norm, self.mlp = (norm_layer(dim), mlp) if mlp is not None else (None, None)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.alpha = nn.Parameter(torch.zeros(index))
         self.beta = nn.Parameter(torch.zeros(index))
@@ -58,6 +61,8 @@ class MambaMixerBlock(nn.Module):
         y_token = x + self.drop_path(self.token_mixer(self.token_norm(x), **stream))
         x = weighted_sum(torch.cat([self.theta, self.gamma]), [*tokens, y_token, *channels], self.backend)
         y_channel = x + self.drop_path(self.channel_mixer(self.channel_norm(x)))
+        if self.mlp is not None:
+            y_channel = y_channel + self.drop_path(self.mlp(self.mlp_norm(y_channel)))
         return y_token, y_channel
 
 
@@ -80,20 +85,29 @@ class MambaMixer(nn.Module):
     Owns the history of every block's outputs and feeds it to the next block's weighted averaging; returns
     the last block's channel-mixer output. `token_mixer` / `channel_mixer` are keyword arguments for
     `SelectiveTokenMixer` / `SelectiveChannelMixer`; `drop_path` rises linearly from 0 to its value.
+    `hybrid` (a `Hybrid` or its config mapping): attention token mixers and mixture-of-experts MLPs in the
+    blocks its pattern names (attention causal unless the token mixer is bidirectional or not causal).
     """
 
     def __init__(self, dim: int, num_tokens: int, depth: int, token_mixer: dict | None = None,
-                 channel_mixer: dict | None = None, norm_layer=nn.LayerNorm, drop_path: float = 0.0):
+                 channel_mixer: dict | None = None, norm_layer=nn.LayerNorm, drop_path: float = 0.0,
+                 hybrid: Hybrid | dict | None = None):
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth: expected at least 1 block, got {depth}")
+        token_mixer, hybrid = token_mixer or {}, as_hybrid(hybrid)
+        if hybrid is not None:
+            hybrid.check_depth(depth)
+        causal = token_mixer.get("causal", True) and not token_mixer.get("bidirectional", False)
         rates = torch.linspace(0, drop_path, depth).tolist()
         self.blocks = nn.ModuleList(
             MambaMixerBlock(
                 index + 1, dim,
-                SelectiveTokenMixer(dim, **(token_mixer or {})),
+                hybrid.attention(dim, causal) if hybrid and hybrid.is_attention(index)
+                else SelectiveTokenMixer(dim, **token_mixer),
                 SelectiveChannelMixer(num_tokens, **(channel_mixer or {})),
-                norm_layer=norm_layer, drop_path=rates[index], backend=(token_mixer or {}).get("backend", "auto"),
+                norm_layer=norm_layer, drop_path=rates[index], backend=token_mixer.get("backend", "auto"),
+                mlp=hybrid.moe(dim, index) if hybrid else None,
             )
             for index in range(depth)
         )

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 
 from ...utils.finite import check_finite
+from ...utils.moe_loss import add_moe_loss
 
 
 class ForecastingModule(L.LightningModule):
@@ -20,14 +21,15 @@ class ForecastingModule(L.LightningModule):
     features M and S, the target alone for MS). `optimizer` and `scheduler` are partials from the config
     (`torch.optim.AdamW`, a `torch.optim.lr_scheduler` class, ...); the scheduler steps every epoch.
     `check_finite`: stop training at the first step whose loss or inputs are not finite
-    (`mambamixer.utils.finite.check_finite`).
+    (`mambamixer.utils.finite.check_finite`). A hybrid model's mixture-of-experts load-balancing loss joins
+    the training loss with weight `moe_aux_weight` (Switch Transformer's 0.01).
     """
 
     def __init__(self, model: nn.Module, optimizer: Callable, scheduler: Callable | None = None,
-                 check_finite: bool = True):
+                 check_finite: bool = True, moe_aux_weight: float = 0.01):
         super().__init__()
         self.model, self.optimizer_factory, self.scheduler_factory = model, optimizer, scheduler
-        self.check_finite = check_finite
+        self.check_finite, self.moe_aux_weight = check_finite, moe_aux_weight
         metrics = MetricCollection({"mse": MeanSquaredError(), "mae": MeanAbsoluteError()})
         self.val_metrics, self.test_metrics = metrics.clone(prefix="val/"), metrics.clone(prefix="test/")
 
@@ -36,7 +38,7 @@ class ForecastingModule(L.LightningModule):
         return pred[..., -batch["y"].shape[-1]:]
 
     def training_step(self, batch, batch_idx):
-        loss = F.mse_loss(self(batch), batch["y"])
+        loss = add_moe_loss(self, F.mse_loss(self(batch), batch["y"]), self.moe_aux_weight, len(batch["y"]))
         if self.check_finite:
             check_finite(loss, batch, self.global_step, self.current_epoch, batch_idx,
                          self.trainer.strategy.reduce_boolean_decision)

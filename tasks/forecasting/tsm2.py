@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ...mixer import AlongAxis, MambaMixerBlock, SelectiveSSM
+from ...mixer import AlongAxis, Hybrid, MambaMixerBlock, SelectiveSSM
 from ...mixer.block import run_blocks
+from ...mixer.hybrid import as_hybrid
 
 
 class VariateFeatureNorm(nn.Module):
@@ -42,12 +43,16 @@ class TSM2(nn.Module):
       time as well would let early patches see later ones and rule out the exact streaming mode.
     - No positional embedding: the time mixer's recurrence orders the patches.
     `stream(batch)` returns a `TSM2Stream` fed one observation at a time whose forecast equals this forward.
+
+    hybrid (a `mambamixer.mixer.Hybrid` or its config mapping): Jamba-style blocks, counted 0..depth-1 —
+    causal attention along time (with a KV cache when streaming) in place of the time mixer, and a
+    mixture-of-experts MLP after the variate mixer, where its pattern says. The covariate block stays pure.
     """
 
     def __init__(self, seq_len: int, pred_len: int, n_vars: int, n_covariates: int = 0, patch_len: int = 16,
                  stride: int = 8, d_model: int = 64, depth: int = 2, d_state: int = 16, d_conv: int = 4,
                  expand: float = 2, ssm: str = "s6", dropout: float = 0.1, drop_path: float = 0.0,
-                 revin: bool = True, eps: float = 1e-5):
+                 revin: bool = True, eps: float = 1e-5, hybrid: Hybrid | dict | None = None):
         super().__init__()
         for name, value in (("seq_len", seq_len), ("pred_len", pred_len), ("n_vars", n_vars),
                             ("patch_len", patch_len), ("stride", stride)):
@@ -60,22 +65,28 @@ class TSM2(nn.Module):
         self.num_patches = (seq_len - patch_len) // stride + 1
         self.offset = (seq_len - patch_len) % stride  # observations before the first patch
         ssm_kwargs = dict(d_state=d_state, d_conv=d_conv, expand=expand, ssm=ssm, headdim=min(64, d_model))
+        hybrid = as_hybrid(hybrid)
+        if hybrid is not None:
+            hybrid.check_depth(depth)
 
-        def block(index: int, rate: float) -> MambaMixerBlock:
+        def block(index: int, rate: float, hybrid: Hybrid | None) -> MambaMixerBlock:
+            """Block `index` (from 1), with the hybrid pattern's layers at position index - 1."""
+            attention = hybrid is not None and hybrid.is_attention(index - 1)
+            time_mixer = hybrid.attention(d_model, causal=True) if attention else SelectiveSSM(
+                d_model, causal=True, **ssm_kwargs)
             return MambaMixerBlock(
-                index, d_model,
-                AlongAxis(SelectiveSSM(d_model, causal=True, **ssm_kwargs), axis=2),
+                index, d_model, AlongAxis(time_mixer, axis=2),
                 AlongAxis(SelectiveSSM(d_model, bidirectional=True, **ssm_kwargs), axis=1),
-                norm_layer=VariateFeatureNorm, drop_path=rate,
+                norm_layer=VariateFeatureNorm, drop_path=rate, mlp=hybrid.moe(d_model, index - 1) if hybrid else None,
             )
 
         self.embed = nn.Linear(patch_len, d_model)
         self.dropout = nn.Dropout(dropout)
         rates = torch.linspace(0, drop_path, depth).tolist()
-        self.blocks = nn.ModuleList(block(i + 1, rates[i]) for i in range(depth))
+        self.blocks = nn.ModuleList(block(i + 1, rates[i], hybrid) for i in range(depth))
         if n_covariates:
             self.covariate_embed = nn.Linear(patch_len, d_model)
-            self.covariate_block = block(1, 0.0)
+            self.covariate_block = block(1, 0.0, None)
         self.head = nn.Linear(self.num_patches * d_model, pred_len)
         if revin:
             self.revin_weight = nn.Parameter(torch.ones(n_vars))
@@ -144,8 +155,9 @@ class TSM2(nn.Module):
 
 class TSM2Stream:
     """Streaming TSM2 over one window: `update` takes one observation at a time, each completed patch goes
-    through every block once from the carried SSM states, and `forecast` is ready after `seq_len`
-    observations. Equal to `TSM2.forward` on the same window (in eval mode), at O(1) work per observation.
+    through every block once from the carried SSM states (and KV caches of attention blocks), and `forecast`
+    is ready after `seq_len` observations. Equal to `TSM2.forward` on the same window (in eval mode), at O(1)
+    work per observation (O(patches so far) in an attention block).
     """
 
     def __init__(self, model: TSM2, batch: int):

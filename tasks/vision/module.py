@@ -16,6 +16,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from ...utils.finite import check_finite
+from ...utils.moe_loss import add_moe_loss
 
 
 class ClassificationModule(L.LightningModule):
@@ -28,14 +29,15 @@ class ClassificationModule(L.LightningModule):
     with `warmup_epochs` of linear warmup (timm's CosineLRScheduler). Loss: soft-target cross entropy for
     Mixup/CutMix targets, else cross entropy with `label_smoothing`. Val/test: loss, top-1 and top-5.
     `check_finite`: stop training at the first step whose loss or images are not finite
-    (`mambamixer.utils.finite.check_finite`).
+    (`mambamixer.utils.finite.check_finite`). A hybrid model's mixture-of-experts load-balancing loss joins
+    the training loss with weight `moe_aux_weight` (Switch Transformer's 0.01).
     """
 
     def __init__(self, model: nn.Module, optimizer: Callable, base_lr: float = 5e-4, base_batch: int = 512,
                  weight_decay: float = 0.05, warmup_epochs: float = 5, warmup_lr: float = 1e-6, min_lr: float = 1e-5,
-                 label_smoothing: float = 0.1, check_finite: bool = True):
+                 label_smoothing: float = 0.1, check_finite: bool = True, moe_aux_weight: float = 0.01):
         super().__init__()
-        self.check_finite = check_finite
+        self.check_finite, self.moe_aux_weight = check_finite, moe_aux_weight
         self.model, self.optimizer_factory = model, optimizer
         self.base_lr, self.base_batch, self.weight_decay = base_lr, base_batch, weight_decay
         self.warmup_epochs, self.warmup_lr, self.min_lr = warmup_epochs, warmup_lr, min_lr
@@ -57,6 +59,7 @@ class ClassificationModule(L.LightningModule):
             loss = self.soft_loss(logits, targets)
         else:
             loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        loss = add_moe_loss(self, loss, self.moe_aux_weight, len(images))
         if self.check_finite:
             check_finite(loss, {"images": images, "targets": targets}, self.global_step, self.current_epoch, batch_idx,
                          self.trainer.strategy.reduce_boolean_decision)

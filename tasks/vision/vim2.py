@@ -14,8 +14,9 @@ from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from ...mixer import ChannelWiseSelectiveMixer, CrossScanSSM, MambaMixerBlock
+from ...mixer import ChannelWiseSelectiveMixer, CrossScanSSM, Hybrid, MambaMixerBlock
 from ...mixer.block import run_blocks
+from ...mixer.hybrid import Flattened2d, as_hybrid
 
 
 class Stem(nn.Module):
@@ -44,17 +45,25 @@ class ViM2Stage(nn.Module):
     """Optional downsampling, then MambaMixer blocks with weighted averaging of the stage's earlier outputs.
 
     (batch, H, W, in_dim) -> (batch, H', W', dim). Token mixer: `CrossScanSSM`; channel mixer:
-    `ChannelWiseSelectiveMixer`; the averaging starts afresh in every stage, as in the paper.
+    `ChannelWiseSelectiveMixer`; the averaging starts afresh in every stage, as in the paper. With `hybrid`,
+    the blocks the pattern names (counted from `first`, the stage's first block in the whole model) attend
+    over all H * W tokens instead, and add a mixture-of-experts MLP.
     """
 
     def __init__(self, in_dim: int, dim: int, depth: int, downsample: bool, drop_path: list[float],
-                 token_mixer: dict, channel_mixer: dict):
+                 token_mixer: dict, channel_mixer: dict, hybrid: Hybrid | None = None, first: int = 0):
         super().__init__()
         self.downsample = Downsample(in_dim, dim) if downsample else nn.Identity()
+
+        def mixer(index: int) -> nn.Module:
+            if hybrid is not None and hybrid.is_attention(index):
+                return Flattened2d(hybrid.attention(dim, causal=False))
+            return CrossScanSSM(dim, **token_mixer)
+
         self.blocks = nn.ModuleList(
-            MambaMixerBlock(i + 1, dim, CrossScanSSM(dim, **token_mixer),
-                            ChannelWiseSelectiveMixer(dim, **channel_mixer), drop_path=drop_path[i],
-                            backend=token_mixer.get("backend", "auto"))
+            MambaMixerBlock(i + 1, dim, mixer(first + i), ChannelWiseSelectiveMixer(dim, **channel_mixer),
+                            drop_path=drop_path[i], backend=token_mixer.get("backend", "auto"),
+                            mlp=hybrid.moe(dim, first + i) if hybrid else None)
             for i in range(depth)
         )
 
@@ -72,13 +81,15 @@ class ViM2(nn.Module):
     features per channel. No parameter depends on the image size.
 
     ssm: "s6" or "ssd" for both mixers; backend: the scan ops' backend ("auto": Triton on CUDA).
+    hybrid (a `mambamixer.mixer.Hybrid` or its config mapping): Jamba-style attention and mixture-of-experts
+    layers in the blocks its pattern names, counted 0.. across all stages.
     forward_features -> (batch, H/32, W/32, dims[-1]) after the final norm; forward_head -> logits.
     """
 
     def __init__(self, in_chans: int = 3, num_classes: int = 1000, dims: tuple[int, ...] = (96, 192, 384, 768),
                  depths: tuple[int, ...] = (2, 2, 6, 2), d_state: int = 16, expand: float = 2, d_conv: int = 3,
                  channel_expand: int = 2, ssm: str = "s6", drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-                 global_pool: str = "avg", backend: str = "auto"):
+                 global_pool: str = "avg", backend: str = "auto", hybrid: Hybrid | dict | None = None):
         super().__init__()
         if len(dims) != len(depths) or not dims:
             raise ValueError(f"dims, depths: expected one dim per stage, got {dims} and {depths}")
@@ -91,8 +102,12 @@ class ViM2(nn.Module):
         rates = torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))
         token_mixer = dict(d_state=d_state, expand=expand, d_conv=d_conv, ssm=ssm, backend=backend)
         channel_mixer = dict(expand=channel_expand, d_state=d_state, ssm=ssm, backend=backend)
+        hybrid = as_hybrid(hybrid)
+        if hybrid is not None:
+            hybrid.check_depth(sum(depths))
         self.stages = nn.ModuleList(
-            ViM2Stage(dims[max(i - 1, 0)], dims[i], depths[i], i > 0, rates[i].tolist(), token_mixer, channel_mixer)
+            ViM2Stage(dims[max(i - 1, 0)], dims[i], depths[i], i > 0, rates[i].tolist(), token_mixer, channel_mixer,
+                      hybrid, sum(depths[:i]))
             for i in range(len(dims))
         )
         self.feature_info = [dict(num_chs=d, reduction=4 * 2**i, module=f"stages.{i}") for i, d in enumerate(dims)]
