@@ -13,7 +13,8 @@ memory of the training loop. A model that does not fit at the batch is retried a
 table says which batch ran). --compile wraps each model in `torch.compile` (default inductor; the rows'
 first_train_step_s and first_infer_step_s hold the compilation, which the timed steps do not). --ssm
 builds the ViM2 models with that scan op (default s6, the paper's; ssd: Mamba-2 scalar-A heads) and names
-the file after it. --vmamba DIR adds VMamba's
+the file after it. A ViM2 name with "+hybrid" appended (vim2_tiny+hybrid) times it with Jamba's pattern of
+attention and mixture-of-experts blocks. --vmamba DIR adds VMamba's
 `vanilla_vmamba_tiny` (the paper-era VMamba-T, mamba_ssm's CUDA scan) and `vmamba_tiny_s1l8` (VMamba-T v2,
 its own CUDA kernels) from a checkout of github.com/MzeroMiko/VMamba whose compiled scan extensions
 (`selective_scan_cuda` of mamba_ssm, `selective_scan_cuda_oflex` of VMamba) are importable; without it,
@@ -69,6 +70,11 @@ def import_vmamba(root: Path):
     return vmamba
 
 
+#: A ViM2 name ending in this is built with Jamba's hybrid pattern (`mambamixer.mixer.Hybrid`'s defaults:
+#: attention in block 4 of every 8, a 16-expert top-2 MoE MLP in every odd block), without rotary positions.
+HYBRID = "+hybrid"
+
+
 def build(name: str, size: int, ssm: str = "s6", vmamba_root: Path | None = None):
     if name in VMAMBA:
         model = getattr(import_vmamba(vmamba_root), name)()
@@ -78,6 +84,8 @@ def build(name: str, size: int, ssm: str = "s6", vmamba_root: Path | None = None
     import mambamixer  # noqa: F401  (registers ViM2)
 
     kwargs = {"img_size": size} if name.startswith("deit") else {"ssm": ssm} if name.startswith("vim2") else {}
+    if name.endswith(HYBRID):
+        name, kwargs["hybrid"] = name.removesuffix(HYBRID), {"rope": False}
     return timm.create_model(name, **kwargs).cuda().to(memory_format=torch.channels_last)
 
 
