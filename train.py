@@ -90,6 +90,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], Path]:
                     None)
     trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
     metrics = {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith(("test/", "val/"))}
+    for c in callbacks:  # the monitored metric at the checkpoint tested (e.g. val/mse_best), for sweeps
+        if isinstance(c, ModelCheckpoint) and c.monitor and c.best_model_score is not None:
+            metrics[f"{c.monitor}_best"] = float(c.best_model_score)
     metrics.update({"epochs": trainer.current_epoch, "parameters": sum(p.numel() for p in model.parameters()),
                     "wall_time_s": round(time.time() - start, 1)})
     for callback in callbacks:  # with torch.compile: the first step (which compiles) and the later steps' median

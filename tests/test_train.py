@@ -99,6 +99,27 @@ def test_multirun_over_two_horizons(tmp_path):
 
 
 @pytest.mark.slow
+def test_optuna_search_minimises_the_best_validation_mse(tmp_path):
+    """hparams_search=tsm2_optuna: trials sampled by TPE with a fixed seed, each returning the best validation
+    MSE of its run; the best trial's overrides are printed and written to optimization_results.yaml."""
+    result = run("-m", "hparams_search=tsm2_optuna", *TINY, "trainer.max_epochs=1", "hydra.sweeper.n_trials=3",
+                 "hydra.sweeper.sampler.n_startup_trials=2", f"hydra.sweep.dir={tmp_path}")
+    trials = [json.loads((tmp_path / str(i) / "metrics.json").read_text()) for i in range(3)]
+    best = OmegaConf.load(tmp_path / "optimization_results.yaml")
+    assert best.best_value == pytest.approx(min(t["val/mse_best"] for t in trials))
+    assert set(best.best_params) >= {"model.d_model", "model.patch_len", "task.optimizer.lr", "data.batch_size"}
+    assert "Best parameters" in result.stdout + result.stderr
+
+
+def test_search_config_optimises_a_validation_metric():
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["hparams_search=tsm2_optuna", "experiment=tsm2_etth1"],
+                      return_hydra_config=True)
+    assert cfg.optimized_metric.startswith("val/")
+    assert cfg.hydra.sweeper.direction == "minimize" and cfg.hydra.sweeper.sampler.seed == cfg.seed
+
+
+@pytest.mark.slow
 def test_run_killed_mid_epoch_resumes_into_a_new_folder_at_the_uninterrupted_metrics(tmp_path):
     """SIGINT while epoch 2 (of 4) trains, then `ckpt_path=.../last.ckpt` with a new run folder: the resumed run
     keeps the best score and RNG state, so it tests the checkpoint the uninterrupted run tests."""
