@@ -109,6 +109,31 @@ def test_bad_construction():
         small(seq_len=8, patch_len=16)
     with pytest.raises(ValueError, match=r"stride: expected a positive int"):
         small(stride=0)
+    with pytest.raises(ValueError, match=r"revin_stats: expected 'causal' or 'window', got 'global'"):
+        small(revin_stats="global")
+
+
+@pytest.mark.parametrize("stats", ["causal", "window"])
+def test_revin_statistics_up_to_each_patch_or_of_the_whole_window(stats):
+    """The embedding sees each patch normalised by the window's statistics up to that patch's end (causal) or
+    by the whole window's (window, as RevIN); a window model refuses to stream."""
+    torch.manual_seed(3)
+    model = small(revin_stats=stats).eval()
+    x = 2 * torch.randn(2, 48, 3) + 1
+    seen = []
+    model.embed.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    model(x)
+    series = x.transpose(1, 2)
+    for p in range(model.num_patches):
+        end = p * model.stride + model.offset + model.patch_len
+        upto = series if stats == "window" else series[..., :end]
+        mean, var = upto.mean(-1, keepdim=True), upto.var(-1, keepdim=True, correction=0)
+        patch = series[..., end - model.patch_len:end]
+        torch.testing.assert_close(seen[0][:, :, p], (patch - mean) / torch.sqrt(var + model.eps), rtol=1e-4,
+                                   atol=1e-5)
+    if stats == "window":
+        with pytest.raises(ValueError, match="revin_stats: streaming needs 'causal' statistics"):
+            model.stream(batch=2)
 
 
 def test_dlinear():

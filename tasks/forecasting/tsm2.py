@@ -36,9 +36,10 @@ class TSM2(nn.Module):
     them; the head reads the target variates only.
 
     Choices where the paper is open, made so that the model is causal in time and can stream exactly:
-    - Normalisation of the input (RevIN-style, per variate, learnable affine): each patch is normalised by
-      the mean and standard deviation of the window up to that patch's end; forecasts are de-normalised
-      with the statistics of the whole window, as RevIN does.
+    - Normalisation of the input (RevIN-style, per variate, learnable affine): with revin_stats="causal"
+      each patch is normalised by the mean and standard deviation of the window up to that patch's end;
+      forecasts are de-normalised with the statistics of the whole window, as RevIN does. "window": every
+      patch by the whole window's statistics, as RevIN (Kim et al., ICLR 2022); the model then cannot stream.
     - "2-D normalisation": `VariateFeatureNorm`, over variates and features at each patch; statistics over
       time as well would let early patches see later ones and rule out the exact streaming mode.
     - No positional embedding: the time mixer's recurrence orders the patches.
@@ -52,16 +53,20 @@ class TSM2(nn.Module):
     def __init__(self, seq_len: int, pred_len: int, n_vars: int, n_covariates: int = 0, patch_len: int = 16,
                  stride: int = 8, d_model: int = 64, depth: int = 2, d_state: int = 16, d_conv: int = 4,
                  expand: float = 2, ssm: str = "s6", dropout: float = 0.1, drop_path: float = 0.0,
-                 revin: bool = True, eps: float = 1e-5, hybrid: Hybrid | dict | None = None):
+                 revin: bool = True, revin_stats: str = "causal", eps: float = 1e-5,
+                 hybrid: Hybrid | dict | None = None):
         super().__init__()
         for name, value in (("seq_len", seq_len), ("pred_len", pred_len), ("n_vars", n_vars),
                             ("patch_len", patch_len), ("stride", stride)):
             if value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value}")
+        if revin_stats not in ("causal", "window"):
+            raise ValueError(f"revin_stats: expected 'causal' or 'window', got {revin_stats!r}")
         if patch_len > seq_len:
             raise ValueError(f"patch_len: expected at most seq_len={seq_len}, got {patch_len}")
         self.seq_len, self.pred_len, self.n_vars, self.n_covariates = seq_len, pred_len, n_vars, n_covariates
         self.patch_len, self.stride, self.revin, self.eps = patch_len, stride, revin, eps
+        self.revin_stats = revin_stats
         self.num_patches = (seq_len - patch_len) // stride + 1
         self.offset = (seq_len - patch_len) % stride  # observations before the first patch
         ssm_kwargs = dict(d_state=d_state, d_conv=d_conv, expand=expand, ssm=ssm, headdim=min(64, d_model))
@@ -144,6 +149,8 @@ class TSM2(nn.Module):
         mean = series.cumsum(-1)[..., ends - 1] / count
         var = (series.square().cumsum(-1)[..., ends - 1] / count - mean.square()).clamp_min(0)
         std = torch.sqrt(var + self.eps)
+        if self.revin_stats == "window":  # the statistics at the last patch's end are the whole window's
+            mean, std = mean[..., -1:].expand_as(mean), std[..., -1:].expand_as(std)
         h = self.dropout(self.embed(self._normalise(self._patches(series), mean, std)))
         cov = None if covariates is None else self._patches(covariates.transpose(1, 2))
         y = self._head(self._mix(h, cov))
@@ -161,6 +168,9 @@ class TSM2Stream:
     """
 
     def __init__(self, model: TSM2, batch: int):
+        if model.revin and model.revin_stats != "causal":
+            raise ValueError(f"revin_stats: streaming needs 'causal' statistics (each patch normalised by the "
+                             f"window up to its end), this model has {model.revin_stats!r}")
         self.model, self.batch, self.count = model, batch, 0
         device = model.embed.weight.device
         m, k = model.n_vars, model.n_covariates
