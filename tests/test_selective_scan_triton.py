@@ -81,16 +81,15 @@ def test_scan_split_into_segments_without_optional_arguments(segments_of):
 
 @pytest.mark.parametrize("programs,length", [(384, 4096), (96, 16384), (768, 197), (8192, 21), (1, 129), (8, 4096)])
 def test_segments_fill_the_gpu_and_cover_the_scan(monkeypatch, programs, length):
-    """On a GPU of 132 SMs: about PROGRAMS_PER_SM programs per SM once split, at least MIN_SEGMENT_CHUNKS
-    chunks per segment, every segment non-empty; no split off CUDA."""
+    """On a GPU of 132 SMs: split only with fewer programs than SMs, then about PROGRAMS_PER_SM programs per
+    SM, at least MIN_SEGMENT_CHUNKS chunks per segment, every segment non-empty; no split off CUDA."""
     monkeypatch.setattr(triton_op, "_sm_count", lambda index: 132)
     chunk = triton_op.CHUNK
     n_segs, seg_len = triton_op.segments(programs, length, chunk, torch.device("cuda", 0))
     assert seg_len % chunk == 0 and (n_segs - 1) * seg_len < length <= n_segs * seg_len
     assert n_segs == 1 or seg_len >= chunk * triton_op.MIN_SEGMENT_CHUNKS
     assert programs * (n_segs - 1) < 132 * triton_op.PROGRAMS_PER_SM
-    if programs * 2 <= 132 * triton_op.PROGRAMS_PER_SM and length >= 2 * chunk * triton_op.MIN_SEGMENT_CHUNKS:
-        assert n_segs > 1
+    assert (n_segs > 1) == (programs < 132 and length >= 2 * chunk * triton_op.MIN_SEGMENT_CHUNKS)
     assert triton_op.segments(programs, length, chunk, torch.device("cpu")) == (1, -(-length // chunk) * chunk)
 
 

@@ -282,7 +282,7 @@ def s6_segment_states_kernel(
     mask_dn = mask_d[None, :] & mask_n[:, None]
     A2 = tl.load(A_ptr + offs_d[None, :] * sA_d + offs_n[:, None] * sA_n, mask=mask_dn, other=0.0).to(tl.float32)
     A2 = A2 * 1.4426950408889634
-    bias, _ = _load_channel_params(bias_ptr, bias_ptr, offs_d, mask_d, HAS_BIAS, False, BLOCK_D)
+    bias, no_D = _load_channel_params(bias_ptr, bias_ptr, offs_d, mask_d, HAS_BIAS, False, BLOCK_D)
     B_ptr += pid_b * sB_b + ((pid_d * BLOCK_D) // B_dpg) * sB_g + offs_n * sB_n
     u_ptr += pid_b * su_b + offs_d * su_d
     dl_ptr += pid_b * sdl_b + offs_d * sdl_d
@@ -297,7 +297,7 @@ def s6_segment_states_kernel(
         t_n = _step_position(i + 1, L, H, REVERSE, COLS)
         u_n, dl_n, B_n = _load_step(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, t_n, mask_d, mask_n, i + 1 < i1, False,
                                     BLOCK_N)
-        _, dt, Bt, _ = _step_values(u, dl, Bt, bias, 0.0, 0.0, 0.0, mask_d, True, HAS_BIAS, SOFTPLUS, False, 1,
+        dl, dt, Bt, r = _step_values(u, dl, Bt, bias, 0.0, 0.0, 0.0, mask_d, True, HAS_BIAS, SOFTPLUS, False, 1,
                                     BLOCK_D)
         h = tl.exp2(dt[None, :] * A2) * h + (dt * u)[None, :] * Bt
         dt_sum += dt
@@ -327,7 +327,7 @@ def s6_segment_adjoints_kernel(
     mask_dn = mask_d[None, :] & mask_n[:, None]
     A2 = tl.load(A_ptr + offs_d[None, :] * sA_d + offs_n[:, None] * sA_n, mask=mask_dn, other=0.0).to(tl.float32)
     A2 = A2 * 1.4426950408889634
-    bias, _ = _load_channel_params(bias_ptr, bias_ptr, offs_d, mask_d, HAS_BIAS, False, BLOCK_D)
+    bias, no_D = _load_channel_params(bias_ptr, bias_ptr, offs_d, mask_d, HAS_BIAS, False, BLOCK_D)
     C_ptr += pid_b * sC_b + ((pid_d * BLOCK_D) // C_dpg) * sC_g + offs_n * sC_n
     dl_ptr += pid_b * sdl_b + offs_d * sdl_d
     z_ptr += pid_b * sz_b + offs_d * sz_d
@@ -356,7 +356,7 @@ def s6_segment_adjoints_kernel(
             dy = dout * zt * tl.sigmoid(zt)
         else:
             dy = dout
-        _, dt, _, _ = _step_values(dl, dl, 0.0, bias, 0.0, 0.0, 0.0, mask_d, True, HAS_BIAS, SOFTPLUS, False, 1,
+        dl, dt, Bt, r = _step_values(dl, dl, 0.0, bias, 0.0, 0.0, 0.0, mask_d, True, HAS_BIAS, SOFTPLUS, False, 1,
                                    BLOCK_D)
         g = a_next * g + Ct * dy[None, :]
         a_next = tl.exp2(dt[None, :] * A2)

@@ -72,8 +72,11 @@ def _direction(rows, u, delta, A, B, C, D, delta_bias, reverse, proj=None) -> _D
                       [u if t is None else t for t in (D, delta_bias, *(proj or (None,) * 4))], reverse)
 
 
-# Splitting the scan order into segments (one program each, see `segments`) aims at this many programs per
-# SM, and keeps at least MIN_SEGMENT_CHUNKS chunks per segment.
+# Splitting the scan order into segments (one program each, see `segments`) happens only when the programs
+# are fewer than the SMs, aims then at PROGRAMS_PER_SM programs per SM, and keeps at least MIN_SEGMENT_CHUNKS
+# chunks per segment. Measured on the H200 (BENCHMARKS.md): 96 programs at L = 16384 run 2.8x faster in 11
+# segments; 384 programs at L = 4096 run slower in any split (the extra summary pass costs more than the
+# added programs gain).
 PROGRAMS_PER_SM = 8
 MIN_SEGMENT_CHUNKS = 4
 
@@ -85,12 +88,12 @@ def _sm_count(device_index: int) -> int:
 
 def segments(programs: int, length: int, chunk: int, device: torch.device) -> tuple[int, int]:
     """(n_segs, seg_len): the scan order cut into n_segs segments of seg_len steps (a multiple of chunk), so
-    that `programs` programs per segment fill the GPU. Each segment's program starts from the state folded
-    from the earlier segments' summaries (a short scan of each from a zero state), and the backward likewise
-    from the later segments' adjoints. One segment (no split) off CUDA."""
+    that `programs` programs per segment fill the GPU, when they are fewer than its SMs. Each segment's
+    program starts from the state folded from the earlier segments' summaries (a short scan of each from a
+    zero state), and the backward likewise from the later segments' adjoints. One segment off CUDA."""
     chunks = triton.cdiv(length, chunk)
     split = 1
-    if device.type == "cuda":
+    if device.type == "cuda" and programs < _sm_count(device.index or 0):
         want = triton.cdiv(_sm_count(device.index or 0) * PROGRAMS_PER_SM, programs)
         split = max(1, min(want, chunks // MIN_SEGMENT_CHUNKS))
     per = triton.cdiv(chunks, split)
