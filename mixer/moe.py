@@ -59,6 +59,18 @@ class MoEMLP(nn.Module):
             weights = weights / weights.sum(-1, keepdim=True)
         return probs, experts, weights
 
+    def queue(self, expert: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """expert (A,) -> each assignment's place in its expert's queue, in the order given (A,), and the
+        count per expert (E,). A stable sort by expert, not a cumulative sum over a one-hot (A, E) matrix: on
+        CUDA that scan runs along A with one thread per expert, and it cost more than the rest of the model."""
+        counts = torch.zeros(self.num_experts, dtype=torch.long, device=expert.device)
+        counts.index_add_(0, expert, torch.ones_like(expert))
+        order = torch.sort(expert, stable=True).indices
+        starts = counts.cumsum(0) - counts
+        slot = torch.empty_like(expert)
+        slot[order] = torch.arange(len(expert), device=expert.device) - starts[expert[order]]
+        return slot, counts
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.dim:
             raise ValueError(f"x: expected shape (..., dim={self.dim}), got {tuple(x.shape)}")
@@ -68,9 +80,7 @@ class MoEMLP(nn.Module):
         expert = experts.t().reshape(-1)
         token = torch.arange(len(tokens), device=x.device).repeat(self.top_k)
         weight = weights.t().reshape(-1)
-        one_hot = F.one_hot(expert, self.num_experts)
-        slot = (one_hot.cumsum(0) * one_hot).sum(-1) - 1  # place of each assignment in its expert's queue
-        counts = one_hot.sum(0)
+        slot, counts = self.queue(expert)
         self.aux_loss = self.num_experts * (counts.float() / len(expert) * probs.mean(0)).sum()
         if self.training and self.capacity_factor is not None:
             capacity = math.ceil(self.capacity_factor * len(expert) / self.num_experts)
