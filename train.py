@@ -1,7 +1,7 @@
 """Train and test a model from the Hydra config in conf/.
 
     python train.py                                   # TSM2 on the bundled ETTh1, input 512, horizon 96
-    python train.py experiment=tsm2_etth2 trainer=gpu
+    python train.py experiment=tsm2_etth2 trainer=gpu   # with conf/tuned/'s settings for it, if any
     python train.py -m experiment=tsm2_etth1 data.pred_len=96,192,336,720
     python train.py ckpt_path=outputs/.../checkpoints/last.ckpt   # resume an interrupted run
     python train.py experiment=vim2_digits trainer=gpu compile=true             # torch.compile the model
@@ -31,6 +31,7 @@ from rich.table import Table
 from mambamixer.tasks.vision.data import cache_dir
 from mambamixer.utils.callbacks import FirstStepTime
 from mambamixer.utils.config_check import check_config
+from mambamixer.utils.tuned import TUNED_DIR, apply_tuned
 
 # Run folders end in 6 random hex digits (`${run_id:}` in conf/hydra), so runs started in the same second never
 # share one; cached per config like Hydra's `now`, so a run (and every job of a sweep) sees one value.
@@ -57,8 +58,12 @@ def compile_options(cfg: DictConfig) -> dict | None:
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], Path]:
     """Build everything from `cfg`, fit, test the best checkpoint; return the flat metrics and output dir."""
-    check_config(cfg)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    tuned = apply_tuned(cfg, list(HydraConfig.get().overrides.task), cfg.paths.get("tuned_dir") or TUNED_DIR)
+    if tuned:  # the run's .hydra/config.yaml predates them: keep them beside it
+        print(f"tuned settings from {tuned['file']}: {tuned['settings']}")
+        (out_dir / "tuned.yaml").write_text(OmegaConf.to_yaml(tuned))
+    check_config(cfg)
     start = time.time()
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)

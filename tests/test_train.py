@@ -15,6 +15,7 @@ from omegaconf import OmegaConf, open_dict
 
 from mambamixer.train import compile_options
 from mambamixer.utils.config_check import check_config
+from mambamixer.utils.tuned import save_tuned
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml") if not p.stem.startswith("vim2"))
@@ -109,6 +110,14 @@ def test_optuna_search_minimises_the_best_validation_mse(tmp_path):
     assert best.best_value == pytest.approx(min(t["val/mse_best"] for t in trials))
     assert set(best.best_params) >= {"model.d_model", "model.patch_len", "task.optimizer.lr", "data.batch_size"}
     assert "Best parameters" in result.stdout + result.stderr
+    # Saved as the experiment's tuned settings, a later run of it (same input length and horizon) takes them.
+    tuned_dir = tmp_path / "tuned"
+    save_tuned(tmp_path, tuned_dir)
+    metrics, out_dir = metrics_of(run(*TINY, "trainer.max_epochs=1", f"paths.tuned_dir={tuned_dir}",
+                                      f"hydra.run.dir={tmp_path / 'tuned_run'}"))
+    assert OmegaConf.load(out_dir / "tuned.yaml").settings == best.best_params
+    best_trial = min(range(3), key=lambda i: trials[i]["val/mse_best"])
+    assert metrics["parameters"] == trials[best_trial]["parameters"]
 
 
 def test_search_config_optimises_a_validation_metric():

@@ -1,0 +1,77 @@
+"""Tuned settings (utils/tuned.py): a search's best overrides saved per (experiment, data, input length,
+horizon) and applied under the command line."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from mambamixer.utils.tuned import apply_tuned, save_tuned, tuned_path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def write_tuned(tuned_dir: Path, cfg, settings: dict) -> Path:
+    path = tuned_path(tuned_dir, cfg)
+    path.parent.mkdir(parents=True)
+    path.write_text(OmegaConf.to_yaml(settings))
+    return path
+
+
+def test_tuned_settings_apply_under_the_command_line(tmp_path):
+    command_line = ["experiment=tsm2_etth1", "data.pred_len=720", "model.d_model=8"]
+    cfg = composed(*command_line)
+    path = write_tuned(tmp_path, cfg, {"model.d_model": 32, "task.optimizer.lr": 1e-4, "model.revin_stats": "window"})
+    assert path == tmp_path / "tsm2_etth1" / "ETTh1_L512_H720.yaml"
+    tuned = apply_tuned(cfg, command_line, tmp_path)
+    assert tuned == {"file": str(path), "settings": {"task.optimizer.lr": 1e-4, "model.revin_stats": "window"}}
+    assert cfg.model.d_model == 8 and cfg.task.optimizer.lr == 1e-4 and cfg.model.revin_stats == "window"
+
+
+@pytest.mark.parametrize("other", [["data.pred_len=96"], ["data.seq_len=96"], ["data=etth2"], ["use_tuned=false"]])
+def test_tuned_settings_belong_to_one_data_input_length_and_horizon(tmp_path, other):
+    write_tuned(tmp_path, composed("experiment=tsm2_etth1", "data.pred_len=720"), {"model.d_model": 32})
+    command_line = ["experiment=tsm2_etth1", "data.pred_len=720", *other]
+    cfg = composed(*command_line)
+    assert apply_tuned(cfg, command_line, tmp_path) is None
+    assert cfg.model.d_model == composed("experiment=tsm2_etth1").model.d_model
+
+
+def test_a_tuned_key_missing_from_the_config_is_named(tmp_path):
+    cfg = composed("experiment=tsm2_etth1")
+    path = write_tuned(tmp_path, cfg, {"model.d_modle": 32})
+    with pytest.raises(ValueError, match=f"{path}: key 'model.d_modle' is not in the config of experiment tsm2_etth1"):
+        apply_tuned(cfg, [], tmp_path)
+
+
+def test_save_writes_the_searchs_best_as_the_tuned_file(tmp_path):
+    sweep = tmp_path / "sweep"
+    cfg = composed("experiment=tsm2_etth2", "data.pred_len=192", "hparams_search=tsm2_optuna")
+    for trial, d_model in (("0", 16), ("1", 64)):  # the search's command line, then the trial's choices
+        overrides = ["hparams_search=tsm2_optuna", "experiment=tsm2_etth2", "data.pred_len=192", "trainer=gpu",
+                     "model.revin_stats=window", "hydra.sweeper.n_trials=2", f"model.d_model={d_model}",
+                     "task.optimizer.lr=3e-4", "data.batch_size=16"]
+        (sweep / trial / ".hydra").mkdir(parents=True)
+        (sweep / trial / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=False))
+        (sweep / trial / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(overrides))
+    best = {"model.d_model": 64, "task.optimizer.lr": 3e-4, "data.batch_size": 16}
+    (sweep / "optimization_results.yaml").write_text(OmegaConf.to_yaml({"name": "optuna", "best_params": best,
+                                                                          "best_value": 0.2391}))
+    path = save_tuned(sweep, tmp_path / "tuned")
+    assert path == tmp_path / "tuned" / "tsm2_etth2" / "ETTh2_L512_H192.yaml"
+    assert "best of 2 trials of val/mse_best = 0.2391" in path.read_text()
+    command_line = ["experiment=tsm2_etth2", "data.pred_len=192"]
+    run_cfg = composed(*command_line)
+    assert apply_tuned(run_cfg, command_line, tmp_path / "tuned")["settings"] == {"model.revin_stats": "window", **best}
+    assert (run_cfg.model.d_model, run_cfg.data.batch_size, run_cfg.model.revin_stats) == (64, 16, "window")
+
+
+def test_save_names_a_folder_that_is_not_a_finished_search(tmp_path):
+    with pytest.raises(FileNotFoundError, match="optimization_results.yaml: not found"):
+        save_tuned(tmp_path)
