@@ -62,7 +62,7 @@ class MoEMLP(nn.Module):
     def queue(self, expert: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """expert (A,) -> each assignment's place in its expert's queue, in the order given (A,), and the
         count per expert (E,). A stable sort by expert, not a cumulative sum over a one-hot (A, E) matrix: on
-        CUDA that scan runs along A with one thread per expert, and it cost more than the rest of the model."""
+        CUDA that scan runs along A with one thread per expert (hybrid vim2_tiny inferred 4.5x slower with it)."""
         counts = torch.zeros(self.num_experts, dtype=torch.long, device=expert.device)
         counts.index_add_(0, expert, torch.ones_like(expert))
         order = torch.sort(expert, stable=True).indices
