@@ -6,8 +6,8 @@ small config that later runs of the same experiment pick up.
     python train.py experiment=tsm2_etth1 data.pred_len=720                                 # uses them
 
 A tuned file is `conf/tuned/<task_name>/<data file>_L<seq_len>_H<pred_len>.yaml`: dotted config keys and
-their values, as the search's `optimization_results.yaml` gives them in `best_params`. `train.py` applies it under the
-command line (a key given there keeps its value) unless `use_tuned=false`; searches run with it off.
+their values, as the search's `optimization_results.yaml` gives them in `best_params`. `train.py` applies it
+under the command line (a key given there keeps its value) unless `use_tuned=false`; searches run with it off.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 #: Keys that name the setting a tuned file belongs to, not part of it.
@@ -32,11 +32,6 @@ def tuned_path(tuned_dir: Path, cfg: DictConfig) -> Path:
     return Path(tuned_dir) / cfg.task_name / f"{data}_L{cfg.data.seq_len}_H{cfg.data.pred_len}.yaml"
 
 
-def _key(override: str) -> str:
-    """The config key of a command-line override: 'model.d_model=32', '+x=1', '~y' -> 'model.d_model', 'x', 'y'."""
-    return override.split("=", 1)[0].lstrip("+~")
-
-
 def apply_tuned(cfg: DictConfig, command_line: list[str], tuned_dir: Path = TUNED_DIR) -> dict | None:
     """Set `cfg`'s keys from its tuned file, if `cfg.use_tuned` and the file exists, except the keys given on
     `command_line` (Hydra's task overrides); returns what was set with the file's path, or None."""
@@ -48,7 +43,7 @@ def apply_tuned(cfg: DictConfig, command_line: list[str], tuned_dir: Path = TUNE
     settings = OmegaConf.to_container(OmegaConf.load(path))
     if not isinstance(settings, dict):
         raise ValueError(f"{path}: expected a mapping of config keys to values, got {settings!r}")
-    given = {_key(o) for o in command_line}
+    given = {o.key_or_group for o in OverridesParser.create().parse_overrides(command_line)}
     applied = {}
     for key, value in settings.items():
         if key in given:
@@ -75,11 +70,10 @@ def save_tuned(sweep_dir: Path, tuned_dir: Path = TUNED_DIR) -> Path:
         raise FileNotFoundError(f"{sweep_dir}: no trial folder with .hydra/config.yaml")
     cfg = OmegaConf.load(trial_config)
     # The search's own fixed overrides (model.revin_stats=window, say) are part of what it found best.
-    fixed = {}
-    for override in OmegaConf.load(trial_config.parent / "overrides.yaml"):
-        key, _, value = override.partition("=")
-        if "." in key and not key.startswith(("+", "~", "hydra.", "paths.")) and key not in _RUN_KEYS:
-            fixed[key] = yaml.safe_load(value)
+    overrides = OverridesParser.create().parse_overrides(list(OmegaConf.load(trial_config.parent / "overrides.yaml")))
+    fixed = {o.key_or_group: o.value() for o in overrides
+             if "." in o.key_or_group and not (o.is_add() or o.is_delete() or o.is_sweep_override())
+             and not o.key_or_group.startswith(("hydra.", "paths.")) and o.key_or_group not in _RUN_KEYS}
     settings = {**fixed, **results.best_params}
     path = tuned_path(tuned_dir, cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
