@@ -1,12 +1,14 @@
 """What the Triton compiler makes of the S6 kernels for an H100, on any machine (no GPU needed).
 
-    python bench/s6_sass.py [--mixer token|channel] [--out DIR]
+    python bench/s6_sass.py [--mixer token|channel|scan] [--out DIR]
 
-Runs one forward and backward of ViM2's token mixer (`CrossScanSSM`) or channel mixer
-(`ChannelWiseSelectiveMixer`) in bf16 with the kernel launches intercepted, then compiles each distinct
-launch for sm_90 as Triton's runtime would specialise it (integer arguments equal to 1 become constants,
-those divisible by 16 and 16-byte-aligned pointers get divisibility hints), with the ptxas and nvdisasm
-that ship in Triton's wheel. Prints each kernel's register tile layouts (TTGIR), registers and spills
+Runs one forward and backward of ViM2's token mixer (`CrossScanSSM`), its channel mixer
+(`ChannelWiseSelectiveMixer`) or, with `scan`, of a single-direction `selective_scan_fn` (gate, D,
+delta_bias, grouped B and C) split into segments as a long scan on a GPU would be, in bf16 with the kernel
+launches intercepted, then compiles each distinct launch for sm_90 as Triton's runtime would specialise it
+(Triton's own specialisation: integer arguments equal to 1 become constants, those divisible by 16 and
+16-byte-aligned pointers get divisibility hints, inside tuples too), with the ptxas and nvdisasm that ship
+in Triton's wheel. Prints each kernel's register tile layouts (TTGIR), registers and spills
 (ptxas -v) and the instruction mix of each loop of the SASS; with --out, writes the TTGIR, PTX and SASS
 there. The grid's sizes do not change the code, so a small input stands in for the training shapes.
 """
@@ -22,15 +24,20 @@ import subprocess
 
 import torch
 import triton
+from triton._C.libtriton import native_specialize_impl
+from triton._utils import find_paths_if, get_iterable_path
 from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import CUDABackend
 from triton.compiler import ASTSource
 
 import mambamixer.kernels._backend as backend
 from mambamixer.kernels.selective_scan import triton_kernels, triton_op
+from mambamixer.kernels.selective_scan.interface import selective_scan_fn
 from mambamixer.mixer import ChannelWiseSelectiveMixer, CrossScanSSM
 
 TOOLS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+TARGET = GPUTarget("cuda", 90, 32)
+KERNELS = ("s6_fwd_kernel", "s6_bwd_kernel", "s6_segment_states_kernel", "s6_segment_adjoints_kernel")
 
 
 class Recorder:
@@ -46,15 +53,24 @@ class Recorder:
 def record_launches(mixer: str) -> list:
     launches = []
     backend.INTERPRET = True  # let backend="triton" take CPU tensors; the kernels never run
-    triton_op.s6_fwd_kernel = Recorder(triton_kernels.s6_fwd_kernel, launches)
-    triton_op.s6_bwd_kernel = Recorder(triton_kernels.s6_bwd_kernel, launches)
+    for name in KERNELS:
+        setattr(triton_op, name, Recorder(getattr(triton_kernels, name), launches))
     torch.manual_seed(0)
-    if mixer == "token":
-        layer, x = CrossScanSSM(96, backend="triton"), torch.randn(2, 8, 8, 96)
+    if mixer == "scan":
+        triton_op.segments = lambda programs, length, chunk, device: (4, length // 4)
+        batch, dim, length, n = 2, 64, 512, 16
+        u, delta, z = (torch.randn(batch, dim, length, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+        B, C = (torch.randn(batch, 2, n, length, dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+        A = -torch.rand(dim, n).requires_grad_(True)
+        D, bias = (torch.randn(dim, requires_grad=True) for _ in range(2))
+        y = selective_scan_fn(u, delta, A, B, C, D, z, bias, delta_softplus=True, backend="triton")
     else:
-        layer, x = ChannelWiseSelectiveMixer(96, backend="triton"), torch.randn(2, 64, 96)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = layer(x.requires_grad_(True))
+        if mixer == "token":
+            layer, x = CrossScanSSM(96, backend="triton"), torch.randn(2, 8, 8, 96)
+        else:
+            layer, x = ChannelWiseSelectiveMixer(96, backend="triton"), torch.randn(2, 64, 96)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(x.requires_grad_(True))
     try:
         y.float().sum().backward()
     except Exception:  # the recorded backward leaves its buffers empty; what follows it does not matter
@@ -63,24 +79,19 @@ def record_launches(mixer: str) -> list:
 
 
 def specialise(kernel, args, kwargs):
-    """(signature, constexprs, attrs) as Triton's launcher would build them for these arguments."""
+    """(signature, constexprs, attrs) as Triton's launcher builds them for these arguments (tuples included)."""
     params = inspect.signature(kernel.fn).parameters
-    signature, constexprs, attrs = {}, {}, {}
-    for i, (name, param) in enumerate(params.items()):
-        value = args[i] if i < len(args) else kwargs[name]
-        if "constexpr" in str(param.annotation):
-            signature[name], constexprs[(i,)] = "constexpr", value
-        elif isinstance(value, torch.Tensor):
-            signature[name] = "*" + DTYPES[value.dtype]
-            if value.data_ptr() % 16 == 0:
-                attrs[(i,)] = [["tt.divisibility", 16]]
-        elif value == 1:
-            signature[name], constexprs[(i,)] = "constexpr", 1
-        else:
-            signature[name] = "i32"
-            if value % 16 == 0:
-                attrs[(i,)] = [["tt.divisibility", 16]]
-    return signature, constexprs, attrs
+    values = [args[i] if i < len(args) else kwargs[name] for i, name in enumerate(params)]
+    specs = [("constexpr", value) if "constexpr" in str(param.annotation)
+             else native_specialize_impl(CUDABackend, value, False, True, True)
+             for param, value in zip(params.values(), values)]
+    types = [spec[0] for spec in specs]
+    constexprs = {path: get_iterable_path(values, path) for path in find_paths_if(types, lambda _, t: t == "constexpr")}
+    hints = ["" if spec[0] == "constexpr" else spec[1] for spec in specs]
+    backend = CUDABackend(TARGET)
+    attrs = {path: backend.parse_attr(get_iterable_path(hints, path))
+             for path in find_paths_if(hints, lambda _, hint: isinstance(hint, str))}
+    return dict(zip(params, types)), constexprs, attrs
 
 
 def loops(sass: str) -> list[collections.Counter]:
@@ -103,18 +114,18 @@ def loops(sass: str) -> list[collections.Counter]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mixer", choices=["token", "channel"], default="token")
+    parser.add_argument("--mixer", choices=["token", "channel", "scan"], default="token")
     parser.add_argument("--out")
     args = parser.parse_args()
     seen = set()
     for kernel, launch_args, kwargs in record_launches(args.mixer):
         signature, constexprs, attrs = specialise(kernel, launch_args, kwargs)
-        key = (kernel.fn.__name__, tuple(sorted(constexprs.items())), tuple(sorted(attrs)))
+        key = (kernel.fn.__name__, repr(sorted(constexprs.items())), repr(sorted(attrs.items())))
         if key in seen:
             continue
         seen.add(key)
-        name = f"{kernel.fn.__name__}_cols{int(kwargs['COLS'])}_proj{int(kwargs['PROJ'])}"
-        compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
+        name = f"{kernel.fn.__name__}_cols{int(kwargs['COLS'])}_proj{int(kwargs.get('PROJ', 0))}_{len(seen)}"
+        compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=TARGET,
                                   options={"num_warps": kwargs.get("num_warps", 4)})
         ttgir, ptx = compiled.asm["ttgir"], compiled.asm["ptx"]
         cubin = os.path.join(args.out or "/tmp", name + ".cubin")
@@ -130,7 +141,7 @@ def main() -> None:
             for ext, text in (("ttgir", ttgir), ("sass", sass)):
                 with open(os.path.join(args.out, f"{name}.{ext}"), "w") as f:
                     f.write(text)
-        print(f"== {name} (BLOCK_D {kwargs['BLOCK_D']}, CHUNK {kwargs['CHUNK']}, {kwargs.get('num_warps')} warp)")
+        print(f"== {name} (BLOCK_D {kwargs['BLOCK_D']}, CHUNK {kwargs.get('CHUNK')}, {kwargs.get('num_warps')} warp)")
         print("   " + "; ".join(line.split(":", 1)[-1].strip() for line in report.splitlines()
                                  if "registers" in line or "spill" in line))
         for line in ttgir.splitlines():
