@@ -42,6 +42,11 @@ the weights' gradients, so no per-step delta, B or C tensor exists in memory in 
 With CONV as well, u is the input of a causal depthwise conv (up to 4 taps, in scan order) and SiLU, both
 computed in the loops from the last inputs kept in registers; the backward keeps each chunk's conv
 outputs in its scratch beside the states and gives the conv's input gradient and weight sums.
+
+Arguments come in the named groups of `triton_args` (a `Direction` per direction, its `Gradients`, `Seq`s for
+the gate, output and dout, the `Sizes`), then the meta-parameters. Each function reads the fields it needs
+into locals before its loops: Triton 3.6 loses a tuple argument's constant fields (a stride of 1) inside a
+loop.
 """
 
 from __future__ import annotations
@@ -75,6 +80,18 @@ def _group_sum_1d(x, E: tl.constexpr, BLOCK_D: tl.constexpr):
     return tl.reshape(tl.broadcast_to(s, (BLOCK_D // E, E)), (BLOCK_D,))
 
 
+# The program: its channels, parameters and base pointers, read once before the loops.
+
+
+@triton.jit
+def _tile(pid_d, dim, N, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The program's BLOCK_D channels and BLOCK_N states: offsets, masks, and the mask of an (N, BLOCK_D) tile."""
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_d, mask_n = offs_d < dim, offs_n < N
+    return offs_d, offs_n, mask_d, mask_n, mask_d[None, :] & mask_n[:, None]
+
+
 @triton.jit
 def _param_rows(offs_d, PROJ: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr):
     """Rows of A, D and delta_bias for the program's channels: the channels, or with PROJ their place in
@@ -87,62 +104,70 @@ def _param_rows(offs_d, PROJ: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constex
 
 
 @triton.jit
-def _load_channel_params(bias_ptr, D_ptr, offs_d, mask_d, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr,
-                         BLOCK_D: tl.constexpr):
-    """delta_bias and D of BLOCK_D channels (zeros when absent), float32."""
+def _load_A(A, rows, offs_n, mask_dn):
+    """A (`StateMatrix`) of the rows as an (N, BLOCK_D) float32 tile, and A log2(e): exp(dt A) = exp2(dt A log2 e)."""
+    a = tl.load(A.ptr + rows[None, :] * A.s_channel + offs_n[:, None] * A.s_state, mask=mask_dn, other=0.0)
+    a = a.to(tl.float32)
+    return a, a * 1.4426950408889634
+
+
+@triton.jit
+def _load_channel_params(d, rows, mask_d, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """delta_bias and D of the rows (zeros when absent), float32."""
     bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     Dv = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        bias = tl.load(d.delta_bias + rows, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        Dv = tl.load(d.D + rows, mask=mask_d, other=0.0).to(tl.float32)
     return bias, Dv
 
 
 @triton.jit
-def _load_projection(Wx_ptr, wdt_ptr, N, offs_n, mask_n, PROJ: tl.constexpr, E: tl.constexpr,
-                     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
-    """W_r, w_dt (BLOCK_D,) and W_B, W_C as (BLOCK_N, BLOCK_D) [state, channel] for each channel's place in
-    its group, float32; zeros unless PROJ. Wx: contiguous (1 + 2N, E); wdt: (E,)."""
+def _load_projection(proj, N, offs_n, mask_n, E: tl.constexpr, BLOCK_D: tl.constexpr):
+    """W_r, w_dt (BLOCK_D,) and W_B, W_C as (BLOCK_N, BLOCK_D) [state, channel] for each channel's place in its
+    group, float32, from a `Projection`."""
     offs_j = tl.arange(0, BLOCK_D) % E
-    if PROJ:
-        Wr = tl.load(Wx_ptr + offs_j).to(tl.float32)
-        wdt = tl.load(wdt_ptr + offs_j).to(tl.float32)
-        rows = (1 + offs_n[:, None]) * E + offs_j[None, :]
-        WB = tl.load(Wx_ptr + rows, mask=mask_n[:, None], other=0.0).to(tl.float32)
-        WC = tl.load(Wx_ptr + rows + N * E, mask=mask_n[:, None], other=0.0).to(tl.float32)
-    else:
-        Wr = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        wdt = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        WB = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-        WC = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    Wr = tl.load(proj.Wx + offs_j).to(tl.float32)
+    wdt = tl.load(proj.w_dt + offs_j).to(tl.float32)
+    rows = (1 + offs_n[:, None]) * E + offs_j[None, :]
+    WB = tl.load(proj.Wx + rows, mask=mask_n[:, None], other=0.0).to(tl.float32)
+    WC = tl.load(proj.Wx + rows + N * E, mask=mask_n[:, None], other=0.0).to(tl.float32)
     return Wr, wdt, WB, WC
 
 
 @triton.jit
-def _load_conv(cw_ptr, cb_ptr, offs_p, mask_d, CONV: tl.constexpr, BLOCK_D: tl.constexpr):
-    """The conv's tap weights by lag (w0 multiplies this step's input, w3 the input three steps back) and
-    bias, each (BLOCK_D,) float32 for each channel's place in its group; zeros unless CONV. cw: contiguous
-    (E, 4); cb: (E,)."""
-    w0 = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    w1 = w0
-    w2 = w0
-    w3 = w0
-    cb = w0
-    if CONV:
-        w0 = tl.load(cw_ptr + offs_p * 4, mask=mask_d, other=0.0)
-        w1 = tl.load(cw_ptr + offs_p * 4 + 1, mask=mask_d, other=0.0)
-        w2 = tl.load(cw_ptr + offs_p * 4 + 2, mask=mask_d, other=0.0)
-        w3 = tl.load(cw_ptr + offs_p * 4 + 3, mask=mask_d, other=0.0)
-        cb = tl.load(cb_ptr + offs_p, mask=mask_d, other=0.0)
+def _load_conv(proj, rows, mask_d):
+    """The conv's tap weights by lag (w0 multiplies this step's input, w3 the input three steps back) and bias,
+    each (BLOCK_D,) float32, from a `Projection`."""
+    w0 = tl.load(proj.conv_weight + rows * 4, mask=mask_d, other=0.0)
+    w1 = tl.load(proj.conv_weight + rows * 4 + 1, mask=mask_d, other=0.0)
+    w2 = tl.load(proj.conv_weight + rows * 4 + 2, mask=mask_d, other=0.0)
+    w3 = tl.load(proj.conv_weight + rows * 4 + 3, mask=mask_d, other=0.0)
+    cb = tl.load(proj.conv_bias + rows, mask=mask_d, other=0.0)
     return w0, w1, w2, w3, cb
 
 
 @triton.jit
-def _load_input(u_ptr, su_t, i, L, H, mask_d, REVERSE: tl.constexpr, COLS: tl.constexpr):
-    """u at step i of the scan order, float32, zero outside 0 <= i < L (the conv's zero padding)."""
-    t = _step_position(i, L, H, REVERSE, COLS)
-    return tl.load(u_ptr + t * su_t, mask=mask_d & (i >= 0) & (i < L), other=0.0).to(tl.float32)
+def _seq_ptrs(s, pid_b, offs_d):
+    """Pointers to position 0 of the program's channels in batch row pid_b of a `Seq`."""
+    return s.ptr + (pid_b * s.s_batch + offs_d * s.s_channel)
+
+
+@triton.jit
+def _group(g, pid_d, BLOCK_D: tl.constexpr):
+    """The group of a `GroupedSeq` that serves the program's channels (the launcher picks BLOCK_D so that they
+    share one)."""
+    return (pid_d * BLOCK_D) // g.channels_per_group
+
+
+@triton.jit
+def _grouped_ptrs(g, pid_b, group, offs_n):
+    """Pointers to position 0 of the N states of one group in batch row pid_b of a `GroupedSeq`."""
+    return g.ptr + (pid_b * g.s_batch + group * g.s_group + offs_n * g.s_state)
+
+
+# Steps: where a step of the scan order lies and what it computes.
 
 
 @triton.jit
@@ -167,57 +192,46 @@ def _step_position(i, L, H, REVERSE: tl.constexpr, COLS: tl.constexpr):
 
 
 @triton.jit
-def _load_step(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, t, mask_d, mask_n, valid, PROJ: tl.constexpr,
-               BLOCK_N: tl.constexpr):
-    """The loads of step t, float32, zero where masked: u_t, and (unless PROJ, which projects them from u)
-    delta_t before the bias and B_t as (BLOCK_N, 1). The loops issue them a step ahead of their use."""
-    u = tl.load(u_ptr + t * su_t, mask=mask_d & valid, other=0.0).to(tl.float32)
-    if PROJ:
-        dl = u
-        Bt = tl.zeros((BLOCK_N, 1), dtype=tl.float32)
-    else:
-        dl = tl.load(dl_ptr + t * sdl_t, mask=mask_d & valid, other=0.0).to(tl.float32)
-        Bt = tl.load(B_ptr + t * sB_t, mask=mask_n & valid, other=0.0).to(tl.float32)[:, None]
-    return u, dl, Bt
+def _load_at(ptr, stride, t, mask):
+    """ptr[t * stride] as float32, 0 where masked: one position's channels (BLOCK_D,) or states (BLOCK_N,)."""
+    return tl.load(ptr + t * stride, mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit
-def _load_C(C_ptr, sC_t, t, mask_n, valid, PROJ: tl.constexpr, BLOCK_N: tl.constexpr):
-    """C_t as (BLOCK_N, 1) float32 (zeros with PROJ)."""
-    if PROJ:
-        Ct = tl.zeros((BLOCK_N, 1), dtype=tl.float32)
-    else:
-        Ct = tl.load(C_ptr + t * sC_t, mask=mask_n & valid, other=0.0).to(tl.float32)[:, None]
-    return Ct
+def _load_input(u_ptr, su_t, i, L, H, mask_d, REVERSE: tl.constexpr, COLS: tl.constexpr):
+    """u at step i of the scan order, float32, zero outside 0 <= i < L (the conv's zero padding)."""
+    return _load_at(u_ptr, su_t, _step_position(i, L, H, REVERSE, COLS), mask_d & (i >= 0) & (i < L))
 
 
 @triton.jit
-def _C_values(u, Ct, WC, PROJ: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr):
-    """C_t: as loaded, or with PROJ W_C u_t of each channel's group, (BLOCK_N, BLOCK_D)."""
-    if PROJ:
-        Ct = _group_sum(u[None, :] * WC, E, BLOCK_D)
-    return Ct
+def _project(u, Wr, wdt, WB, E: tl.constexpr, BLOCK_D: tl.constexpr):
+    """PROJ: r = <W_r, u_t>, delta before its bias = w_dt r, and B_t = W_B u_t (BLOCK_N, BLOCK_D) of each
+    channel's group."""
+    r = _group_sum_1d(u * Wr, E, BLOCK_D)
+    return r, wdt * r, _group_sum(u[None, :] * WB, E, BLOCK_D)
 
 
 @triton.jit
-def _step_values(u, dl, Bt, bias, Wr, wdt, WB, mask_d, valid, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                 PROJ: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr):
-    """From `_load_step`'s values: delta before softplus, dt (0 on an invalid step: a pass-through), B_t (with
-    PROJ W_B u_t of each channel's group) and r = <W_r, u_t> of each channel's group (0 unless PROJ)."""
-    if PROJ:
-        r = _group_sum_1d(u * Wr, E, BLOCK_D)
-        dl = wdt * r
-        Bt = _group_sum(u[None, :] * WB, E, BLOCK_D)
-    else:
-        r = 0.0
+def _dt(dl, bias, mask_d, valid, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """delta before softplus (bias added) and dt, which is 0 on an invalid step (a pass-through)."""
     if HAS_BIAS:
         dl += bias
     if SOFTPLUS:
         dt = _softplus(dl)
     else:
         dt = dl
-    dt = tl.where(mask_d & valid, dt, 0.0)
-    return dl, dt, Bt, r
+    return dl, tl.where(mask_d & valid, dt, 0.0)
+
+
+@triton.jit
+def _conv_silu(u, x1, x2, x3, cw0, cw1, cw2, cw3, cb):
+    """The conv's output before SiLU at this step (u: its input; x1, x2, x3: the inputs one, two, three steps
+    back), and SiLU of it."""
+    pre = cb + cw0 * u + cw1 * x1 + cw2 * x2 + cw3 * x3
+    return pre, pre * tl.sigmoid(pre)
+
+
+# Segments of a split scan: summaries of the earlier (forward) or later (backward) segments.
 
 
 @triton.jit
@@ -228,6 +242,13 @@ def _segment_summary(seg_ptr, pid_b, j, n_segs, dim, N, offs_d, offs_n, mask_d, 
     x = tl.load(base + offs_n[:, None] * dim + offs_d[None, :], mask=mask_dn, other=0.0)
     dt_sum = tl.load(base + N * dim + offs_d, mask=mask_d, other=0.0)
     return x, dt_sum
+
+
+@triton.jit
+def _store_summary(seg_ptr, x, dt_sum, pid_b, j, n_segs, dim, N, offs_d, offs_n, mask_d, mask_dn):
+    base = seg_ptr + (pid_b * n_segs + j) * (N + 1) * dim
+    tl.store(base + offs_n[:, None] * dim + offs_d[None, :], x, mask=mask_dn)
+    tl.store(base + N * dim + offs_d, dt_sum, mask=mask_d)
 
 
 @triton.jit
@@ -256,196 +277,173 @@ def _entering_adjoint(seg_ptr, A2, pid_b, pid_s, n_segs, dim, N, offs_d, offs_n,
 
 
 @triton.jit
-def _store_summary(seg_ptr, x, dt_sum, pid_b, j, n_segs, dim, N, offs_d, offs_n, mask_d, mask_dn):
-    base = seg_ptr + (pid_b * n_segs + j) * (N + 1) * dim
-    tl.store(base + offs_n[:, None] * dim + offs_d[None, :], x, mask=mask_dn)
-    tl.store(base + N * dim + offs_d, dt_sum, mask=mask_d)
-
-
-@triton.jit
-def s6_segment_states_kernel(
-    u_ptr, su_b, su_d, su_t,
-    dl_ptr, sdl_b, sdl_d, sdl_t,
-    A_ptr, sA_d, sA_n,
-    B_ptr, sB_b, sB_g, sB_n, sB_t, B_dpg,
-    bias_ptr, seg_ptr,
-    dim, L, N, H, seg_len, n_segs,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, COLS: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """Grid (cdiv(dim, BLOCK_D), batch, n_segs - 1): each segment but the last scanned from a zero state, its
-    end state and dt sum written to seg (batch, n_segs, N + 1, dim) float32 for `_entering_state`."""
+def s6_segment_states_kernel(d, sizes, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr,
+                             COLS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Grid (cdiv(dim, BLOCK_D), batch, n_segs - 1): each segment but the last of direction d (a `Direction`,
+    not PROJ) scanned from a zero state, its end state and dt sum written to d.summaries for `_entering_state`."""
     pid_d, pid_b, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_d, mask_n = offs_d < dim, offs_n < N
-    mask_dn = mask_d[None, :] & mask_n[:, None]
-    A2 = tl.load(A_ptr + offs_d[None, :] * sA_d + offs_n[:, None] * sA_n, mask=mask_dn, other=0.0).to(tl.float32)
-    A2 = A2 * 1.4426950408889634
-    bias, no_D = _load_channel_params(bias_ptr, bias_ptr, offs_d, mask_d, HAS_BIAS, False, BLOCK_D)
-    B_ptr += pid_b * sB_b + ((pid_d * BLOCK_D) // B_dpg) * sB_g + offs_n * sB_n
-    u_ptr += pid_b * su_b + offs_d * su_d
-    dl_ptr += pid_b * sdl_b + offs_d * sdl_d
+    dim, L, N, H, seg_len, n_segs = sizes.dim, sizes.L, sizes.N, sizes.H, sizes.seg_len, sizes.n_segs
+    offs_d, offs_n, mask_d, mask_n, mask_dn = _tile(pid_d, dim, N, BLOCK_D, BLOCK_N)
+    A, A2 = _load_A(d.A, offs_d, offs_n, mask_dn)
+    bias, _ = _load_channel_params(d, offs_d, mask_d, HAS_BIAS, False, BLOCK_D)
+    B_ptr, sB_t = _grouped_ptrs(d.B, pid_b, _group(d.B, pid_d, BLOCK_D), offs_n), d.B.s_step
+    u_ptr, su_t = _seq_ptrs(d.u, pid_b, offs_d), d.u.s_step
+    dl_ptr, sdl_t = _seq_ptrs(d.delta, pid_b, offs_d), d.delta.s_step
     h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dt_sum = tl.zeros((BLOCK_D,), dtype=tl.float32)
     i0 = pid_s * seg_len
     i1 = tl.minimum(L, i0 + seg_len)
     t_n = _step_position(i0, L, H, REVERSE, COLS)
-    u_n, dl_n, B_n = _load_step(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, t_n, mask_d, mask_n, True, False, BLOCK_N)
+    u_n = _load_at(u_ptr, su_t, t_n, mask_d)
+    dl_n = _load_at(dl_ptr, sdl_t, t_n, mask_d)
+    B_n = _load_at(B_ptr, sB_t, t_n, mask_n)[:, None]
     for i in range(i0, i1):
         u, dl, Bt = u_n, dl_n, B_n
+        more = i + 1 < i1
         t_n = _step_position(i + 1, L, H, REVERSE, COLS)
-        u_n, dl_n, B_n = _load_step(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, t_n, mask_d, mask_n, i + 1 < i1, False,
-                                    BLOCK_N)
-        dl, dt, Bt, r = _step_values(u, dl, Bt, bias, 0.0, 0.0, 0.0, mask_d, True, HAS_BIAS, SOFTPLUS, False, 1,
-                                    BLOCK_D)
+        u_n = _load_at(u_ptr, su_t, t_n, mask_d & more)
+        dl_n = _load_at(dl_ptr, sdl_t, t_n, mask_d & more)
+        B_n = _load_at(B_ptr, sB_t, t_n, mask_n & more)[:, None]
+        dl, dt = _dt(dl, bias, mask_d, True, HAS_BIAS, SOFTPLUS)
         h = tl.exp2(dt[None, :] * A2) * h + (dt * u)[None, :] * Bt
         dt_sum += dt
-    _store_summary(seg_ptr, h, dt_sum, pid_b, pid_s, n_segs, dim, N, offs_d, offs_n, mask_d, mask_dn)
+    _store_summary(d.summaries, h, dt_sum, pid_b, pid_s, n_segs, dim, N, offs_d, offs_n, mask_d, mask_dn)
 
 
 @triton.jit
-def s6_segment_adjoints_kernel(
-    dl_ptr, sdl_b, sdl_d, sdl_t,
-    A_ptr, sA_d, sA_n,
-    C_ptr, sC_b, sC_g, sC_n, sC_t, C_dpg,
-    bias_ptr,
-    z_ptr, sz_b, sz_d, sz_t,
-    dout_ptr, sdo_b, sdo_d, sdo_t,
-    seg_ptr,
-    dim, L, N, H, seg_len, n_segs,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, GATE: tl.constexpr, REVERSE: tl.constexpr,
-    COLS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """Grid (cdiv(dim, BLOCK_D), batch, n_segs - 1): each segment but the first, its adjoint
-    g_t = C_t dy_t + a_{t+1} g_{t+1} run last step to first from zero, a_first g_first and the dt sum written
-    to seg (batch, n_segs, N + 1, dim) float32 for `_entering_adjoint`."""
+def s6_segment_adjoints_kernel(d, gate, dout, sizes, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                               GATE: tl.constexpr, REVERSE: tl.constexpr, COLS: tl.constexpr, BLOCK_D: tl.constexpr,
+                               BLOCK_N: tl.constexpr):
+    """Grid (cdiv(dim, BLOCK_D), batch, n_segs - 1): each segment but the first of direction d (a `Direction`,
+    not PROJ), its adjoint g_t = C_t dy_t + a_{t+1} g_{t+1} run last step to first from zero, a_first g_first
+    and the dt sum written to d.summaries for `_entering_adjoint`. gate: the `Seq` of z (GATE); dout: a `Seq`."""
     pid_d, pid_b, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2) + 1
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_d, mask_n = offs_d < dim, offs_n < N
-    mask_dn = mask_d[None, :] & mask_n[:, None]
-    A2 = tl.load(A_ptr + offs_d[None, :] * sA_d + offs_n[:, None] * sA_n, mask=mask_dn, other=0.0).to(tl.float32)
-    A2 = A2 * 1.4426950408889634
-    bias, no_D = _load_channel_params(bias_ptr, bias_ptr, offs_d, mask_d, HAS_BIAS, False, BLOCK_D)
-    C_ptr += pid_b * sC_b + ((pid_d * BLOCK_D) // C_dpg) * sC_g + offs_n * sC_n
-    dl_ptr += pid_b * sdl_b + offs_d * sdl_d
-    z_ptr += pid_b * sz_b + offs_d * sz_d
-    dout_ptr += pid_b * sdo_b + offs_d * sdo_d
+    dim, L, N, H, seg_len, n_segs = sizes.dim, sizes.L, sizes.N, sizes.H, sizes.seg_len, sizes.n_segs
+    offs_d, offs_n, mask_d, mask_n, mask_dn = _tile(pid_d, dim, N, BLOCK_D, BLOCK_N)
+    A, A2 = _load_A(d.A, offs_d, offs_n, mask_dn)
+    bias, _ = _load_channel_params(d, offs_d, mask_d, HAS_BIAS, False, BLOCK_D)
+    C_ptr, sC_t = _grouped_ptrs(d.C, pid_b, _group(d.C, pid_d, BLOCK_D), offs_n), d.C.s_step
+    dl_ptr, sdl_t = _seq_ptrs(d.delta, pid_b, offs_d), d.delta.s_step
+    if GATE:
+        z_ptr, sz_t = _seq_ptrs(gate, pid_b, offs_d), gate.s_step
+    dout_ptr, sdo_t = _seq_ptrs(dout, pid_b, offs_d), dout.s_step
     g = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     a_next = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dt_sum = tl.zeros((BLOCK_D,), dtype=tl.float32)
     i0 = pid_s * seg_len
     i1 = tl.minimum(L, i0 + seg_len)
     t_n = _step_position(i1 - 1, L, H, REVERSE, COLS)
-    dl_n = tl.load(dl_ptr + t_n * sdl_t, mask=mask_d, other=0.0).to(tl.float32)
-    C_n = _load_C(C_ptr, sC_t, t_n, mask_n, True, False, BLOCK_N)
-    do_n = tl.load(dout_ptr + t_n * sdo_t, mask=mask_d, other=0.0).to(tl.float32)
-    z_n = do_n
+    dl_n = _load_at(dl_ptr, sdl_t, t_n, mask_d)
+    C_n = _load_at(C_ptr, sC_t, t_n, mask_n)[:, None]
+    do_n = _load_at(dout_ptr, sdo_t, t_n, mask_d)
     if GATE:
-        z_n = tl.load(z_ptr + t_n * sz_t, mask=mask_d, other=0.0).to(tl.float32)
+        z_n = _load_at(z_ptr, sz_t, t_n, mask_d)
     for k in range(i1 - i0):
-        dl, Ct, dout, zt = dl_n, C_n, do_n, z_n
+        dl, Ct, dy = dl_n, C_n, do_n
         more = k + 1 < i1 - i0
         t_n = _step_position(i1 - 2 - k, L, H, REVERSE, COLS)
-        dl_n = tl.load(dl_ptr + t_n * sdl_t, mask=mask_d & more, other=0.0).to(tl.float32)
-        C_n = _load_C(C_ptr, sC_t, t_n, mask_n, more, False, BLOCK_N)
-        do_n = tl.load(dout_ptr + t_n * sdo_t, mask=mask_d & more, other=0.0).to(tl.float32)
+        dl_n = _load_at(dl_ptr, sdl_t, t_n, mask_d & more)
+        C_n = _load_at(C_ptr, sC_t, t_n, mask_n & more)[:, None]
+        do_n = _load_at(dout_ptr, sdo_t, t_n, mask_d & more)
         if GATE:
-            z_n = tl.load(z_ptr + t_n * sz_t, mask=mask_d & more, other=0.0).to(tl.float32)
-            dy = dout * zt * tl.sigmoid(zt)
-        else:
-            dy = dout
-        dl, dt, Bt, r = _step_values(dl, dl, 0.0, bias, 0.0, 0.0, 0.0, mask_d, True, HAS_BIAS, SOFTPLUS, False, 1,
-                                   BLOCK_D)
+            zt = z_n
+            z_n = _load_at(z_ptr, sz_t, t_n, mask_d & more)
+            dy = dy * zt * tl.sigmoid(zt)
+        dl, dt = _dt(dl, bias, mask_d, True, HAS_BIAS, SOFTPLUS)
         g = a_next * g + Ct * dy[None, :]
         a_next = tl.exp2(dt[None, :] * A2)
         dt_sum += dt
-    _store_summary(seg_ptr, a_next * g, dt_sum, pid_b, pid_s, n_segs, dim, N, offs_d, offs_n, mask_d, mask_dn)
+    _store_summary(d.summaries, a_next * g, dt_sum, pid_b, pid_s, n_segs, dim, N, offs_d, offs_n, mask_d, mask_dn)
+
+
+# One direction, forward and backward; the kernels below run one or two of them per program.
 
 
 @triton.jit
 def _scan_fwd_direction(
-    u_ptr, su_b, su_d, su_t,
-    dl_ptr, sdl_b, sdl_d, sdl_t,
-    A_ptr, sA_d, sA_n,
-    B_ptr, sB_b, sB_g, sB_n, sB_t, B_dpg,
-    C_ptr, sC_b, sC_g, sC_n, sC_t, C_dpg,
-    D_ptr, bias_ptr, Wx_ptr, wdt_ptr, cw_ptr, cb_ptr,
-    z_ptr, sz_b, sz_d, sz_t,
-    out_ptr, so_b, so_d, so_t,
-    last_ptr, states_ptr, seg_ptr,
-    pid_b, pid_d, pid_s, dim, L, N, n_chunks, H, seg_len, n_segs,
+    d, gate, out, last, sizes, pid_b, pid_d, pid_s,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, GATE: tl.constexpr,
     REVERSE: tl.constexpr, ACCUMULATE: tl.constexpr, SAVE_STATES: tl.constexpr, STORE_LAST: tl.constexpr,
     COLS: tl.constexpr, PROJ: tl.constexpr, CONV: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    """One direction's forward over the steps [pid_s * seg_len, (pid_s + 1) * seg_len) of the scan order
-    (all of L when n_segs is 1). states: (batch, n_chunks, N, dim) float32, the state before each CHUNK
-    steps in scan order; last: (batch, dim, N) float32, the state after the last step. seg: the earlier
-    segments' summaries (`s6_segment_states_kernel`), from which the state entering this segment is folded.
-    With PROJ, A, D and delta_bias are (E, ...): one row per place in a group; with CONV, u goes through the
-    conv and SiLU first (neither is split into segments). With COLS the L = H * W positions are a row-major
-    grid scanned column by column (`_position`); outputs go to the inputs' positions."""
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_d, mask_n = offs_d < dim, offs_n < N
-    mask_dn = mask_d[None, :] & mask_n[:, None]
-    offs_p = _param_rows(offs_d, PROJ, E, BLOCK_D)
-    A2 = tl.load(A_ptr + offs_p[None, :] * sA_d + offs_n[:, None] * sA_n, mask=mask_dn, other=0.0).to(tl.float32)
-    A2 = A2 * 1.4426950408889634  # exp(dt A) = exp2(dt A log2 e)
-    bias, Dv = _load_channel_params(bias_ptr, D_ptr, offs_p, mask_d, HAS_BIAS, HAS_D, BLOCK_D)
-    Wr, wdt, WB, WC = _load_projection(Wx_ptr, wdt_ptr, N, offs_n, mask_n, PROJ, E, BLOCK_D, BLOCK_N)
-    cw0, cw1, cw2, cw3, cb = _load_conv(cw_ptr, cb_ptr, offs_p, mask_d, CONV, BLOCK_D)
-    # The conv's inputs one, two and three steps back. Each loop-carried value starts as its own tensor: the
-    # compiler keeps a name whose value after the loop body is the very object it entered with out of the
-    # loop's carried values, so `x3 = x2` with x2 and x3 both bound to one zeros tensor would not be carried.
-    x1 = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    x2 = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    x3 = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    # Without PROJ all BLOCK_D channels share one group of B and one of C (the launcher picks BLOCK_D so).
-    B_ptr += pid_b * sB_b + ((pid_d * BLOCK_D) // B_dpg) * sB_g + offs_n * sB_n
-    C_ptr += pid_b * sC_b + ((pid_d * BLOCK_D) // C_dpg) * sC_g + offs_n * sC_n
-    u_ptr += pid_b * su_b + offs_d * su_d
-    dl_ptr += pid_b * sdl_b + offs_d * sdl_d
-    z_ptr += pid_b * sz_b + offs_d * sz_d
-    out_ptr += pid_b * so_b + offs_d * so_d
-    state_offs = (pid_b * n_chunks * N + offs_n[:, None]) * dim + offs_d[None, :]
-    h = _entering_state(seg_ptr, A2, pid_b, pid_s, n_segs, dim, N, offs_d, offs_n, mask_d, mask_dn, BLOCK_D,
+    """One direction's forward over the steps [pid_s * seg_len, (pid_s + 1) * seg_len) of the scan order (all
+    of L when n_segs is 1). d: its `Direction` (states written when SAVE_STATES; summaries: the earlier
+    segments', from which the state entering this segment is folded). gate: the `Seq` of z (GATE); out: the
+    output `Seq`, which with ACCUMULATE already holds the other direction's output, added before the gate;
+    last: (batch, dim, N) float32, the state after the last step (STORE_LAST). With PROJ, A, D and delta_bias
+    have E rows, one per place in a group; with CONV, u goes through the conv and SiLU first (neither is split
+    into segments). With COLS the L = H * W positions are a row-major grid scanned column by column
+    (`_position`); outputs go to the inputs' positions."""
+    dim, L, N, H = sizes.dim, sizes.L, sizes.N, sizes.H
+    n_chunks, seg_len, n_segs = sizes.n_chunks, sizes.seg_len, sizes.n_segs
+    offs_d, offs_n, mask_d, mask_n, mask_dn = _tile(pid_d, dim, N, BLOCK_D, BLOCK_N)
+    rows = _param_rows(offs_d, PROJ, E, BLOCK_D)
+    A, A2 = _load_A(d.A, rows, offs_n, mask_dn)
+    bias, Dv = _load_channel_params(d, rows, mask_d, HAS_BIAS, HAS_D, BLOCK_D)
+    if PROJ:
+        Wr, wdt, WB, WC = _load_projection(d.proj, N, offs_n, mask_n, E, BLOCK_D)
+    if CONV:
+        cw0, cw1, cw2, cw3, cb = _load_conv(d.proj, rows, mask_d)
+        # The conv's inputs one, two and three steps back. Each loop-carried value starts as its own tensor:
+        # the compiler keeps a name whose value after the loop body is the very object it entered with out of
+        # the loop's carried values, so `x3 = x2` with x2 and x3 both bound to one zeros tensor would not be
+        # carried.
+        x1 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        x2 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        x3 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if not PROJ:
+        B_ptr, sB_t = _grouped_ptrs(d.B, pid_b, _group(d.B, pid_d, BLOCK_D), offs_n), d.B.s_step
+        C_ptr, sC_t = _grouped_ptrs(d.C, pid_b, _group(d.C, pid_d, BLOCK_D), offs_n), d.C.s_step
+        dl_ptr, sdl_t = _seq_ptrs(d.delta, pid_b, offs_d), d.delta.s_step
+    u_ptr, su_t = _seq_ptrs(d.u, pid_b, offs_d), d.u.s_step
+    if GATE:
+        z_ptr, sz_t = _seq_ptrs(gate, pid_b, offs_d), gate.s_step
+    out_ptr, so_t = _seq_ptrs(out, pid_b, offs_d), out.s_step
+    states_ptr = d.states + (pid_b * n_chunks * N + offs_n[:, None]) * dim + offs_d[None, :]
+    h = _entering_state(d.summaries, A2, pid_b, pid_s, n_segs, dim, N, offs_d, offs_n, mask_d, mask_dn, BLOCK_D,
                         BLOCK_N)
     i0 = pid_s * seg_len
     i1 = tl.minimum(L, i0 + seg_len)
     t_n = _step_position(i0, L, H, REVERSE, COLS)
-    u_n, dl_n, B_n = _load_step(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, t_n, mask_d, mask_n, True, PROJ, BLOCK_N)
-    C_n = _load_C(C_ptr, sC_t, t_n, mask_n, True, PROJ, BLOCK_N)
-    z_n = u_n
-    o_n = u_n
+    u_n = _load_at(u_ptr, su_t, t_n, mask_d)
+    if not PROJ:
+        dl_n = _load_at(dl_ptr, sdl_t, t_n, mask_d)
+        B_n = _load_at(B_ptr, sB_t, t_n, mask_n)[:, None]
+        C_n = _load_at(C_ptr, sC_t, t_n, mask_n)[:, None]
     if GATE:
-        z_n = tl.load(z_ptr + t_n * sz_t, mask=mask_d, other=0.0).to(tl.float32)
+        z_n = _load_at(z_ptr, sz_t, t_n, mask_d)
     if ACCUMULATE:
-        o_n = tl.load(out_ptr + t_n * so_t, mask=mask_d, other=0.0).to(tl.float32)
+        o_n = _load_at(out_ptr, so_t, t_n, mask_d)
     for i in range(i0, i1):
-        t, u, dl, Bt, Ct, zt, acc = t_n, u_n, dl_n, B_n, C_n, z_n, o_n
         # The next step's loads go out before this step's arithmetic, which then hides their latency.
+        t, u = t_n, u_n
         more = i + 1 < i1
         t_n = _step_position(i + 1, L, H, REVERSE, COLS)
-        u_n, dl_n, B_n = _load_step(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, t_n, mask_d, mask_n, more, PROJ, BLOCK_N)
-        C_n = _load_C(C_ptr, sC_t, t_n, mask_n, more, PROJ, BLOCK_N)
+        u_n = _load_at(u_ptr, su_t, t_n, mask_d & more)
+        if not PROJ:
+            dl, Bt, Ct = dl_n, B_n, C_n
+            dl_n = _load_at(dl_ptr, sdl_t, t_n, mask_d & more)
+            B_n = _load_at(B_ptr, sB_t, t_n, mask_n & more)[:, None]
+            C_n = _load_at(C_ptr, sC_t, t_n, mask_n & more)[:, None]
         if GATE:
-            z_n = tl.load(z_ptr + t_n * sz_t, mask=mask_d & more, other=0.0).to(tl.float32)
+            zt = z_n
+            z_n = _load_at(z_ptr, sz_t, t_n, mask_d & more)
         if ACCUMULATE:
-            o_n = tl.load(out_ptr + t_n * so_t, mask=mask_d & more, other=0.0).to(tl.float32)
+            acc = o_n
+            o_n = _load_at(out_ptr, so_t, t_n, mask_d & more)
         if SAVE_STATES:
-            tl.store(states_ptr + state_offs + (i // CHUNK) * N * dim, h, mask=mask_dn & (i % CHUNK == 0))
+            tl.store(states_ptr + (i // CHUNK) * N * dim, h, mask=mask_dn & (i % CHUNK == 0))
         if CONV:
-            pre = cb + cw0 * u + cw1 * x1 + cw2 * x2 + cw3 * x3
+            pre, silu = _conv_silu(u, x1, x2, x3, cw0, cw1, cw2, cw3, cb)
             x3 = x2
             x2 = x1
             x1 = u
-            u = tl.where(mask_d, pre * tl.sigmoid(pre), 0.0)
-        dl, dt, Bt, r = _step_values(u, dl, Bt, bias, Wr, wdt, WB, mask_d, True, HAS_BIAS, SOFTPLUS, PROJ, E, BLOCK_D)
-        Ct = _C_values(u, Ct, WC, PROJ, E, BLOCK_D)
+            u = tl.where(mask_d, silu, 0.0)
+        if PROJ:
+            r, dl, Bt = _project(u, Wr, wdt, WB, E, BLOCK_D)
+            Ct = _group_sum(u[None, :] * WC, E, BLOCK_D)
+        dl, dt = _dt(dl, bias, mask_d, True, HAS_BIAS, SOFTPLUS)
         h = tl.exp2(dt[None, :] * A2) * h + (dt * u)[None, :] * Bt
         y = tl.sum(h * Ct, axis=0)
         if HAS_D:
@@ -456,127 +454,176 @@ def _scan_fwd_direction(
             y = y * zt * tl.sigmoid(zt)
         tl.store(out_ptr + t * so_t, y.to(out_ptr.dtype.element_ty), mask=mask_d)
     if STORE_LAST:
-        tl.store(last_ptr + (pid_b * dim + offs_d[None, :]) * N + offs_n[:, None], h,
-                 mask=mask_dn & (pid_s == n_segs - 1))
+        tl.store(last + (pid_b * dim + offs_d[None, :]) * N + offs_n[:, None], h, mask=mask_dn & (pid_s == n_segs - 1))
+
+
+@triton.jit
+def _recompute_chunk(
+    h, c, u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, h_ptr, pre_ptr, L, H, mask_d, mask_n,
+    A2, bias, Wr, wdt, WB, cw0, cw1, cw2, cw3, cb,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, COLS: tl.constexpr, PROJ: tl.constexpr,
+    CONV: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+):
+    """Chunk c's states again, from h, the state saved at its start: the state after its k-th step goes to
+    h_ptr + k * BLOCK_D * BLOCK_N, and with CONV the conv's output before SiLU to pre_ptr + k * BLOCK_D (the
+    program's scratch, which the back pass reads). Loads are issued a step ahead."""
+    if CONV:
+        x1 = _load_input(u_ptr, su_t, c * CHUNK - 1, L, H, mask_d, REVERSE, COLS)
+        x2 = _load_input(u_ptr, su_t, c * CHUNK - 2, L, H, mask_d, REVERSE, COLS)
+        x3 = _load_input(u_ptr, su_t, c * CHUNK - 3, L, H, mask_d, REVERSE, COLS)
+    t_n = _step_position(c * CHUNK, L, H, REVERSE, COLS)
+    first = c * CHUNK < L
+    u_n = _load_at(u_ptr, su_t, t_n, mask_d & first)
+    if not PROJ:
+        dl_n = _load_at(dl_ptr, sdl_t, t_n, mask_d & first)
+        B_n = _load_at(B_ptr, sB_t, t_n, mask_n & first)[:, None]
+    for k in range(CHUNK):
+        i = c * CHUNK + k
+        u = u_n
+        more = (k + 1 < CHUNK) & (i + 1 < L)
+        t_n = _step_position(i + 1, L, H, REVERSE, COLS)
+        u_n = _load_at(u_ptr, su_t, t_n, mask_d & more)
+        if not PROJ:
+            dl, Bt = dl_n, B_n
+            dl_n = _load_at(dl_ptr, sdl_t, t_n, mask_d & more)
+            B_n = _load_at(B_ptr, sB_t, t_n, mask_n & more)[:, None]
+        if CONV:
+            pre, silu = _conv_silu(u, x1, x2, x3, cw0, cw1, cw2, cw3, cb)
+            x3 = x2
+            x2 = x1
+            x1 = u
+            tl.store(pre_ptr + k * BLOCK_D, pre)
+            u = tl.where(mask_d, silu, 0.0)
+        if PROJ:
+            r, dl, Bt = _project(u, Wr, wdt, WB, E, BLOCK_D)
+        dl, dt = _dt(dl, bias, mask_d, i < L, HAS_BIAS, SOFTPLUS)
+        h = tl.exp2(dt[None, :] * A2) * h + (dt * u)[None, :] * Bt
+        tl.store(h_ptr + k * BLOCK_D * BLOCK_N, h)
+
+
+@triton.jit
+def _gate_backward(dout, zt, h, Ct, u, Dv, dz_other, HAS_D: tl.constexpr, ACCUMULATE: tl.constexpr):
+    """Back through out = y silu(z), y = <h_t, C_t> + D u_t: dy, and dz (plus dz_other, the other direction's
+    part, with ACCUMULATE)."""
+    sig = tl.sigmoid(zt)
+    y = tl.sum(h * Ct, axis=0)
+    if HAS_D:
+        y += Dv * u
+    dz = dout * y * sig * (1.0 + zt * (1.0 - sig))
+    if ACCUMULATE:
+        dz += dz_other
+    return dout * zt * sig, dz
+
+
+@triton.jit
+def _adjoint_step(g, a_next, h, Bt, Ct, dy, dt, u, A, A2):
+    """One step back through h_t = a_t h_{t-1} + dt_t u_t B_t, a_t = exp(dt_t A): the adjoint g_t = C_t dy_t +
+    a_{t+1} g_{t+1}, then a_t, dt_t u_t, d(dt A)_t = g_t a_t h_{t-1} = g_t (h_t - dt_t u_t B_t), <g_t, B_t> and
+    the gradient of dt_t (before softplus)."""
+    g = a_next * g + Ct * dy[None, :]
+    a = tl.exp2(dt[None, :] * A2)
+    dtu = dt * u
+    ddA = g * (h - dtu[None, :] * Bt)
+    gB = tl.sum(g * Bt, axis=0)
+    ddt = tl.sum(ddA * A, axis=0) + gB * u
+    return g, a, dtu, ddA, gB, ddt
+
+
+@triton.jit
+def _projection_backward(g, h, dtu, dy, ddt, Wr, wdt, WB, WC, E: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Back through delta = w_dt <W_r, u> + bias, B = W_B u and C = W_C u, per group: dB_t and dC_t (BLOCK_N,
+    BLOCK_D), dr, and what the three add to du."""
+    dBt = _group_sum(g * dtu[None, :], E, BLOCK_D)
+    dCt = _group_sum(h * dy[None, :], E, BLOCK_D)
+    dr = _group_sum_1d(ddt * wdt, E, BLOCK_D)
+    return dBt, dCt, dr, tl.sum(WB * dBt, axis=0) + tl.sum(WC * dCt, axis=0) + dr * Wr
 
 
 @triton.jit
 def _scan_bwd_direction(
-    u_ptr, su_b, su_d, su_t,
-    dl_ptr, sdl_b, sdl_d, sdl_t,
-    A_ptr, sA_d, sA_n,
-    B_ptr, sB_b, sB_g, sB_n, sB_t, B_dpg,
-    C_ptr, sC_b, sC_g, sC_n, sC_t, C_dpg,
-    D_ptr, bias_ptr, Wx_ptr, wdt_ptr, cw_ptr, cb_ptr,
-    z_ptr, sz_b, sz_d, sz_t,
-    dout_ptr, sdo_b, sdo_d, sdo_t,
-    states_ptr, seg_ptr, scratch_ptr,
-    du_ptr, ddl_ptr, dz_ptr, dB_ptr, dB_g, dC_ptr, dC_g, dA_ptr, dD_ptr, dbias_ptr, dWx_ptr, dwdt_ptr, dcw_ptr,
-    dcb_ptr,
-    pid_b, pid_d, pid_s, dim, L, N, n_chunks, H, seg_len, n_segs,
+    d, grads, gate, dout, dz, scratch, sizes, pid_b, pid_d, pid_s,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, GATE: tl.constexpr,
     REVERSE: tl.constexpr, ACCUMULATE: tl.constexpr, COLS: tl.constexpr, TOKEN_MAJOR: tl.constexpr,
     PROJ: tl.constexpr, CONV: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     CHUNK: tl.constexpr,
 ):
-    """Gradients of one direction over segment pid_s of the scan order (see `_scan_fwd_direction`; seg: the
-    later segments' adjoint summaries, `s6_segment_adjoints_kernel`). du, ddelta, dz: contiguous (batch, dim,
-    L) in the inputs' dtypes, or with TOKEN_MAJOR contiguous (batch, L, dim); dB, dC: float32 (batch, groups,
-    N, L) (TOKEN_MAJOR: (batch, groups, L, N)), added to atomically; dA (batch, n_segs, dim, N), dD and dbias
-    (batch, n_segs, dim): float32 per-segment sums. With ACCUMULATE, dz already holds the other direction's
-    part and this one is added to it. scratch: CHUNK * BLOCK_D * BLOCK_N float32 per program (with CONV
-    CHUNK * BLOCK_D * (BLOCK_N + 1)). With PROJ (no ddelta, dB, dC): dWx (batch, dim, 1 + 2N) and dwdt
-    (batch, dim) float32 per-channel sums of the projection weights' gradients. With CONV, du is the
-    gradient of the conv's input, and dcw (batch, dim, 4) (by lag) and dcb (batch, dim) float32 per-channel
-    sums of the conv's."""
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_d, mask_n = offs_d < dim, offs_n < N
-    mask_dn = mask_d[None, :] & mask_n[:, None]
-    offs_p = _param_rows(offs_d, PROJ, E, BLOCK_D)
-    A = tl.load(A_ptr + offs_p[None, :] * sA_d + offs_n[:, None] * sA_n, mask=mask_dn, other=0.0).to(tl.float32)
-    A2 = A * 1.4426950408889634
-    bias, Dv = _load_channel_params(bias_ptr, D_ptr, offs_p, mask_d, HAS_BIAS, HAS_D, BLOCK_D)
-    Wr, wdt, WB, WC = _load_projection(Wx_ptr, wdt_ptr, N, offs_n, mask_n, PROJ, E, BLOCK_D, BLOCK_N)
-    cw0, cw1, cw2, cw3, cb = _load_conv(cw_ptr, cb_ptr, offs_p, mask_d, CONV, BLOCK_D)
-    group_B = (pid_d * BLOCK_D) // B_dpg
-    group_C = (pid_d * BLOCK_D) // C_dpg
-    B_ptr += pid_b * sB_b + group_B * sB_g + offs_n * sB_n
-    C_ptr += pid_b * sC_b + group_C * sC_g + offs_n * sC_n
+    """Gradients of one direction over segment pid_s of the scan order (see `_scan_fwd_direction`; d.summaries:
+    the later segments' adjoint summaries, `s6_segment_adjoints_kernel`) into `grads` (`Gradients`, laid out as
+    TOKEN_MAJOR says). dz: contiguous like du; with ACCUMULATE it already holds the other direction's part and
+    this one is added to it. scratch: CHUNK * BLOCK_D * BLOCK_N float32 per program (with CONV
+    CHUNK * BLOCK_D * (BLOCK_N + 1)). With CONV, du is the gradient of the conv's input."""
+    dim, L, N, H = sizes.dim, sizes.L, sizes.N, sizes.H
+    n_chunks, seg_len, n_segs = sizes.n_chunks, sizes.seg_len, sizes.n_segs
+    offs_d, offs_n, mask_d, mask_n, mask_dn = _tile(pid_d, dim, N, BLOCK_D, BLOCK_N)
+    rows = _param_rows(offs_d, PROJ, E, BLOCK_D)
+    A, A2 = _load_A(d.A, rows, offs_n, mask_dn)
+    bias, Dv = _load_channel_params(d, rows, mask_d, HAS_BIAS, HAS_D, BLOCK_D)
+    Wr, wdt, WB, WC = None, None, None, None
+    if PROJ:
+        Wr, wdt, WB, WC = _load_projection(d.proj, N, offs_n, mask_n, E, BLOCK_D)
+    cw0, cw1, cw2, cw3, cb = None, None, None, None, None
+    if CONV:
+        cw0, cw1, cw2, cw3, cb = _load_conv(d.proj, rows, mask_d)
     if TOKEN_MAJOR:  # position t of the gradients: + t * grad_t, of dB and dC: + t * dbc_t
         grad_offs, grad_t, dbc_n, dbc_t = pid_b * dim * L + offs_d, dim, 1, N
     else:
         grad_offs, grad_t, dbc_n, dbc_t = (pid_b * dim + offs_d) * L, 1, L, 1
-    dB_ptr += (pid_b * dB_g + group_B) * N * L + offs_n * dbc_n
-    dC_ptr += (pid_b * dC_g + group_C) * N * L + offs_n * dbc_n
-    u_ptr += pid_b * su_b + offs_d * su_d
-    dl_ptr += pid_b * sdl_b + offs_d * sdl_d
-    z_ptr += pid_b * sz_b + offs_d * sz_d
-    dout_ptr += pid_b * sdo_b + offs_d * sdo_d
-    state_offs = (pid_b * n_chunks * N + offs_n[:, None]) * dim + offs_d[None, :]
+    dl_ptr, sdl_t, B_ptr, sB_t = None, None, None, None
+    if not PROJ:
+        group_B, group_C = _group(d.B, pid_d, BLOCK_D), _group(d.C, pid_d, BLOCK_D)
+        B_ptr, sB_t = _grouped_ptrs(d.B, pid_b, group_B, offs_n), d.B.s_step
+        C_ptr, sC_t = _grouped_ptrs(d.C, pid_b, group_C, offs_n), d.C.s_step
+        dB_ptr = grads.dB + ((pid_b * (dim // d.B.channels_per_group) + group_B) * N * L + offs_n * dbc_n)
+        dC_ptr = grads.dC + ((pid_b * (dim // d.C.channels_per_group) + group_C) * N * L + offs_n * dbc_n)
+        dl_ptr, sdl_t = _seq_ptrs(d.delta, pid_b, offs_d), d.delta.s_step
+        ddl_ptr = grads.ddelta + grad_offs
+    u_ptr, su_t = _seq_ptrs(d.u, pid_b, offs_d), d.u.s_step
+    if GATE:
+        z_ptr, sz_t = _seq_ptrs(gate, pid_b, offs_d), gate.s_step
+        dz_ptr = dz + grad_offs
+    dout_ptr, sdo_t = _seq_ptrs(dout, pid_b, offs_d), dout.s_step
+    du_ptr = grads.du + grad_offs
+    states_ptr = d.states + (pid_b * n_chunks * N + offs_n[:, None]) * dim + offs_d[None, :]
     row = pid_b * n_segs + pid_s  # of the per-segment sums and the scratch
     base = (row * tl.num_programs(0) + pid_d) * CHUNK * BLOCK_D
+    pre_ptr = None
     if CONV:  # the chunk's conv outputs (before SiLU) follow its states
         base = base * (BLOCK_N + 1)
-        pre_ptr = scratch_ptr + base + CHUNK * BLOCK_D * BLOCK_N + tl.arange(0, BLOCK_D)
+        pre_ptr = scratch + base + CHUNK * BLOCK_D * BLOCK_N + tl.arange(0, BLOCK_D)
     else:
         base = base * BLOCK_N
-        pre_ptr = scratch_ptr
-    scratch_ptr += base + offs_n[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
+    h_ptr = scratch + base + offs_n[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
     # The first update g = a_next g + C dy takes what the later segments pass in (a_next = 1).
-    g = _entering_adjoint(seg_ptr, A2, pid_b, pid_s, n_segs, dim, N, offs_d, offs_n, mask_d, mask_dn, BLOCK_D,
+    g = _entering_adjoint(d.summaries, A2, pid_b, pid_s, n_segs, dim, N, offs_d, offs_n, mask_d, mask_dn, BLOCK_D,
                           BLOCK_N)
     a_next = tl.full((BLOCK_N, BLOCK_D), 1.0, dtype=tl.float32)
     dA_acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    dWr_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    dwdt_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    dWB_acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    dWC_acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    # The conv's inputs one, two and three steps back, and its outputs' gradients one, two and three steps
-    # ahead: each its own tensor (see `_scan_fwd_direction`).
-    x1 = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    x2 = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    x3 = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    p1 = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    p2 = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    p3 = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    dcw0_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    dcw1_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    dcw2_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    dcw3_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    dcb_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if PROJ:
+        dWr_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        dwdt_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        dWB_acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+        dWC_acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    if CONV:
+        # The conv outputs' gradients one, two and three steps ahead: each its own tensor (see
+        # `_scan_fwd_direction`).
+        p1 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        p2 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        p3 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        dcw0_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        dcw1_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        dcw2_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        dcw3_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        dcb_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     c0 = (pid_s * seg_len) // CHUNK
     c1 = tl.minimum(n_chunks, c0 + seg_len // CHUNK)
     for j in range(c1 - c0):
         c = c1 - 1 - j
-        # Recompute the chunk's states from the one saved at its start (loads issued a step ahead).
-        h = tl.load(states_ptr + state_offs + c * N * dim, mask=mask_dn, other=0.0)
-        if CONV:
-            x1 = _load_input(u_ptr, su_t, c * CHUNK - 1, L, H, mask_d, REVERSE, COLS)
-            x2 = _load_input(u_ptr, su_t, c * CHUNK - 2, L, H, mask_d, REVERSE, COLS)
-            x3 = _load_input(u_ptr, su_t, c * CHUNK - 3, L, H, mask_d, REVERSE, COLS)
-        t_n = _step_position(c * CHUNK, L, H, REVERSE, COLS)
-        u_n, dl_n, B_n = _load_step(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, t_n, mask_d, mask_n, c * CHUNK < L, PROJ,
-                                    BLOCK_N)
-        for k in range(CHUNK):
-            i = c * CHUNK + k
-            u, dl, Bt = u_n, dl_n, B_n
-            t_n = _step_position(i + 1, L, H, REVERSE, COLS)
-            u_n, dl_n, B_n = _load_step(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, t_n, mask_d, mask_n,
-                                        (k + 1 < CHUNK) & (i + 1 < L), PROJ, BLOCK_N)
-            if CONV:
-                pre = cb + cw0 * u + cw1 * x1 + cw2 * x2 + cw3 * x3
-                x3 = x2
-                x2 = x1
-                x1 = u
-                tl.store(pre_ptr + k * BLOCK_D, pre)
-                u = tl.where(mask_d, pre * tl.sigmoid(pre), 0.0)
-            dl, dt, Bt, r = _step_values(u, dl, Bt, bias, Wr, wdt, WB, mask_d, i < L, HAS_BIAS, SOFTPLUS, PROJ, E,
-                                         BLOCK_D)
-            h = tl.exp2(dt[None, :] * A2) * h + (dt * u)[None, :] * Bt
-            tl.store(scratch_ptr + k * BLOCK_D * BLOCK_N, h)
+        h = tl.load(states_ptr + c * N * dim, mask=mask_dn, other=0.0)
+        _recompute_chunk(h, c, u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, h_ptr, pre_ptr, L, H, mask_d, mask_n, A2, bias,
+                         Wr, wdt, WB, cw0, cw1, cw2, cw3, cb, HAS_BIAS, SOFTPLUS, REVERSE, COLS, PROJ, CONV, E,
+                         BLOCK_D, BLOCK_N, CHUNK)
         tl.debug_barrier()
         # Back through the chunk, last step first, again loading a step ahead. dA, dD and d(delta_bias) sum the
         # chunk's terms first, then add that sum: a two-level sum keeps their rounding error from growing with L.
@@ -584,69 +631,61 @@ def _scan_bwd_direction(
         dD_chunk = tl.zeros((BLOCK_D,), dtype=tl.float32)
         dbias_chunk = tl.zeros((BLOCK_D,), dtype=tl.float32)
         i_n = c * CHUNK + CHUNK - 1
+        valid_n = i_n < L
         t_n = _step_position(i_n, L, H, REVERSE, COLS)
-        u_n, dl_n, B_n = _load_step(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, t_n, mask_d, mask_n, i_n < L, PROJ,
-                                    BLOCK_N)
-        C_n = _load_C(C_ptr, sC_t, t_n, mask_n, i_n < L, PROJ, BLOCK_N)
-        do_n = tl.load(dout_ptr + t_n * sdo_t, mask=mask_d & (i_n < L), other=0.0).to(tl.float32)
-        h_n = tl.load(scratch_ptr + (CHUNK - 1) * BLOCK_D * BLOCK_N)
-        pre_n = u_n
+        u_n = _load_at(u_ptr, su_t, t_n, mask_d & valid_n)
+        if not PROJ:
+            dl_n = _load_at(dl_ptr, sdl_t, t_n, mask_d & valid_n)
+            B_n = _load_at(B_ptr, sB_t, t_n, mask_n & valid_n)[:, None]
+            C_n = _load_at(C_ptr, sC_t, t_n, mask_n & valid_n)[:, None]
+        do_n = _load_at(dout_ptr, sdo_t, t_n, mask_d & valid_n)
+        h_n = tl.load(h_ptr + (CHUNK - 1) * BLOCK_D * BLOCK_N)
         if CONV:
             pre_n = tl.load(pre_ptr + (CHUNK - 1) * BLOCK_D)
-        z_n = u_n
-        dz_n = u_n
         if GATE:
-            z_n = tl.load(z_ptr + t_n * sz_t, mask=mask_d & (i_n < L), other=0.0).to(tl.float32)
+            z_n = _load_at(z_ptr, sz_t, t_n, mask_d & valid_n)
             if ACCUMULATE:
-                dz_n = tl.load(dz_ptr + grad_offs + t_n * grad_t, mask=mask_d & (i_n < L), other=0.0).to(tl.float32)
+                dz_n = _load_at(dz_ptr, grad_t, t_n, mask_d & valid_n)
         for kk in range(CHUNK):
             k = CHUNK - 1 - kk
             i = c * CHUNK + k
             valid = i < L
-            t, u, dl, Bt, Ct, dout, h, zt, dz_prev, pre = t_n, u_n, dl_n, B_n, C_n, do_n, h_n, z_n, dz_n, pre_n
+            t, u, dout_t, h = t_n, u_n, do_n, h_n
             i_n = i - 1
             more = (kk + 1 < CHUNK) & (i_n < L)
             t_n = _step_position(i_n, L, H, REVERSE, COLS)
-            u_n, dl_n, B_n = _load_step(u_ptr, su_t, dl_ptr, sdl_t, B_ptr, sB_t, t_n, mask_d, mask_n, more, PROJ,
-                                        BLOCK_N)
-            C_n = _load_C(C_ptr, sC_t, t_n, mask_n, more, PROJ, BLOCK_N)
-            do_n = tl.load(dout_ptr + t_n * sdo_t, mask=mask_d & more, other=0.0).to(tl.float32)
-            h_n = tl.load(scratch_ptr + (k - 1) * BLOCK_D * BLOCK_N, mask=mask_dn & more, other=0.0)
-            x = u
-            sp = u
+            u_n = _load_at(u_ptr, su_t, t_n, mask_d & more)
+            if not PROJ:
+                dl, Bt, Ct = dl_n, B_n, C_n
+                dl_n = _load_at(dl_ptr, sdl_t, t_n, mask_d & more)
+                B_n = _load_at(B_ptr, sB_t, t_n, mask_n & more)[:, None]
+                C_n = _load_at(C_ptr, sC_t, t_n, mask_n & more)[:, None]
+            do_n = _load_at(dout_ptr, sdo_t, t_n, mask_d & more)
+            h_n = tl.load(h_ptr + (k - 1) * BLOCK_D * BLOCK_N, mask=mask_dn & more, other=0.0)
             if CONV:
+                pre = pre_n
                 pre_n = tl.load(pre_ptr + (k - 1) * BLOCK_D, mask=mask_d & more, other=0.0)
+                x = u  # the conv's input; u becomes its output after SiLU
                 sp = tl.sigmoid(pre)
                 u = tl.where(mask_d, pre * sp, 0.0)
             if GATE:
-                z_n = tl.load(z_ptr + t_n * sz_t, mask=mask_d & more, other=0.0).to(tl.float32)
+                zt = z_n
+                z_n = _load_at(z_ptr, sz_t, t_n, mask_d & more)
+                dz_other = None
                 if ACCUMULATE:
-                    dz_n = tl.load(dz_ptr + grad_offs + t_n * grad_t, mask=mask_d & more, other=0.0).to(tl.float32)
-            dl, dt, Bt, r = _step_values(u, dl, Bt, bias, Wr, wdt, WB, mask_d, valid, HAS_BIAS, SOFTPLUS, PROJ, E,
-                                         BLOCK_D)
-            Ct = _C_values(u, Ct, WC, PROJ, E, BLOCK_D)
+                    dz_other = dz_n
+                    dz_n = _load_at(dz_ptr, grad_t, t_n, mask_d & more)
+            if PROJ:
+                r, dl, Bt = _project(u, Wr, wdt, WB, E, BLOCK_D)
+                Ct = _group_sum(u[None, :] * WC, E, BLOCK_D)
+            dl, dt = _dt(dl, bias, mask_d, valid, HAS_BIAS, SOFTPLUS)
             if GATE:
-                sig = tl.sigmoid(zt)
-                y = tl.sum(h * Ct, axis=0)
-                if HAS_D:
-                    y += Dv * u
-                dz = dout * y * sig * (1.0 + zt * (1.0 - sig))
-                if ACCUMULATE:
-                    dz += dz_prev
-                tl.store(dz_ptr + grad_offs + t * grad_t, dz.to(dz_ptr.dtype.element_ty), mask=mask_d & valid)
-                dy = dout * zt * sig
+                dy, dz_t = _gate_backward(dout_t, zt, h, Ct, u, Dv, dz_other, HAS_D, ACCUMULATE)
+                tl.store(dz_ptr + t * grad_t, dz_t.to(dz_ptr.dtype.element_ty), mask=mask_d & valid)
             else:
-                dy = dout
-            # Adjoint: g_t = C_t dy_t + a_next g_next, with a_next the decay of the step after t in scan order.
-            g = a_next * g + Ct * dy[None, :]
-            a = tl.exp2(dt[None, :] * A2)
-            a_next = a
-            dtu = dt * u
-            # d(dt A)_t = g_t a_t h_{t-1} = g_t (h_t - dt_t u_t B_t).
-            ddA = g * (h - dtu[None, :] * Bt)
+                dy = dout_t
+            g, a_next, dtu, ddA, gB, ddt = _adjoint_step(g, a_next, h, Bt, Ct, dy, dt, u, A, A2)
             dA_chunk += ddA * dt[None, :]
-            gB = tl.sum(g * Bt, axis=0)
-            ddt = tl.sum(ddA * A, axis=0) + gB * u
             du = gB * dt
             if HAS_D:
                 du += Dv * dy
@@ -655,11 +694,9 @@ def _scan_bwd_direction(
                 ddt = ddt * tl.sigmoid(dl)
             ddt = tl.where(mask_d & valid, ddt, 0.0)
             dbias_chunk += ddt
-            if PROJ:  # back through delta = w_dt <W_r, u> + bias, B = W_B u, C = W_C u, per group
-                dBt = _group_sum(g * dtu[None, :], E, BLOCK_D)
-                dCt = _group_sum(h * dy[None, :], E, BLOCK_D)
-                dr = _group_sum_1d(ddt * wdt, E, BLOCK_D)
-                du += tl.sum(WB * dBt, axis=0) + tl.sum(WC * dCt, axis=0) + dr * Wr
+            if PROJ:
+                dBt, dCt, dr, du_proj = _projection_backward(g, h, dtu, dy, ddt, Wr, wdt, WB, WC, E, BLOCK_D)
+                du += du_proj
                 dWr_acc += dr * u
                 dwdt_acc += ddt * r
                 dWB_acc += u[None, :] * dBt
@@ -667,7 +704,7 @@ def _scan_bwd_direction(
             else:
                 dBt = tl.sum(g * dtu[None, :], axis=1)
                 dCt = tl.sum(h * dy[None, :], axis=1)
-                tl.store(ddl_ptr + grad_offs + t * grad_t, ddt.to(ddl_ptr.dtype.element_ty), mask=mask_d & valid)
+                tl.store(ddl_ptr + t * grad_t, ddt.to(ddl_ptr.dtype.element_ty), mask=mask_d & valid)
                 tl.atomic_add(dB_ptr + t * dbc_t, dBt, mask=mask_n & valid, sem="relaxed")
                 tl.atomic_add(dC_ptr + t * dbc_t, dCt, mask=mask_n & valid, sem="relaxed")
             if CONV:  # back through u = silu(pre), pre_i = cb + sum_k w_k x_{i-k}
@@ -681,104 +718,75 @@ def _scan_bwd_direction(
                 p3 = p2
                 p2 = p1
                 p1 = dpre
-            tl.store(du_ptr + grad_offs + t * grad_t, du.to(du_ptr.dtype.element_ty), mask=mask_d & valid)
+            tl.store(du_ptr + t * grad_t, du.to(du_ptr.dtype.element_ty), mask=mask_d & valid)
         dA_acc += dA_chunk
         dD_acc += dD_chunk
         dbias_acc += dbias_chunk
         tl.debug_barrier()
-    tl.store(dA_ptr + (row * dim + offs_d[None, :]) * N + offs_n[:, None], dA_acc, mask=mask_dn)
+    tl.store(grads.dA + (row * dim + offs_d[None, :]) * N + offs_n[:, None], dA_acc, mask=mask_dn)
     if HAS_D:
-        tl.store(dD_ptr + row * dim + offs_d, dD_acc, mask=mask_d)
+        tl.store(grads.dD + row * dim + offs_d, dD_acc, mask=mask_d)
     if HAS_BIAS:
-        tl.store(dbias_ptr + row * dim + offs_d, dbias_acc, mask=mask_d)
+        tl.store(grads.d_delta_bias + row * dim + offs_d, dbias_acc, mask=mask_d)
     if PROJ:
         w_offs = (row * dim + offs_d) * (1 + 2 * N)
-        tl.store(dWx_ptr + w_offs, dWr_acc, mask=mask_d)
-        tl.store(dWx_ptr + w_offs[None, :] + 1 + offs_n[:, None], dWB_acc, mask=mask_dn)
-        tl.store(dWx_ptr + w_offs[None, :] + 1 + N + offs_n[:, None], dWC_acc, mask=mask_dn)
-        tl.store(dwdt_ptr + row * dim + offs_d, dwdt_acc, mask=mask_d)
+        tl.store(grads.dWx + w_offs, dWr_acc, mask=mask_d)
+        tl.store(grads.dWx + w_offs[None, :] + 1 + offs_n[:, None], dWB_acc, mask=mask_dn)
+        tl.store(grads.dWx + w_offs[None, :] + 1 + N + offs_n[:, None], dWC_acc, mask=mask_dn)
+        tl.store(grads.dw_dt + row * dim + offs_d, dwdt_acc, mask=mask_d)
     if CONV:
         c_offs = (row * dim + offs_d) * 4
-        tl.store(dcw_ptr + c_offs, dcw0_acc, mask=mask_d)
-        tl.store(dcw_ptr + c_offs + 1, dcw1_acc, mask=mask_d)
-        tl.store(dcw_ptr + c_offs + 2, dcw2_acc, mask=mask_d)
-        tl.store(dcw_ptr + c_offs + 3, dcw3_acc, mask=mask_d)
-        tl.store(dcb_ptr + row * dim + offs_d, dcb_acc, mask=mask_d)
+        tl.store(grads.d_conv_weight + c_offs, dcw0_acc, mask=mask_d)
+        tl.store(grads.d_conv_weight + c_offs + 1, dcw1_acc, mask=mask_d)
+        tl.store(grads.d_conv_weight + c_offs + 2, dcw2_acc, mask=mask_d)
+        tl.store(grads.d_conv_weight + c_offs + 3, dcw3_acc, mask=mask_d)
+        tl.store(grads.d_conv_bias + row * dim + offs_d, dcb_acc, mask=mask_d)
 
 
 @triton.jit
 def s6_fwd_kernel(
-    u0, su0_b, su0_d, su0_t, dl0, sdl0_b, sdl0_d, sdl0_t, A0, sA0_d, sA0_n,
-    B0, sB0_b, sB0_g, sB0_n, sB0_t, B0_dpg, C0, sC0_b, sC0_g, sC0_n, sC0_t, C0_dpg, D0, bias0, Wx0, wdt0,
-    cw0, cb0, states0, seg0,
-    u1, su1_b, su1_d, su1_t, dl1, sdl1_b, sdl1_d, sdl1_t, A1, sA1_d, sA1_n,
-    B1, sB1_b, sB1_g, sB1_n, sB1_t, B1_dpg, C1, sC1_b, sC1_g, sC1_n, sC1_t, C1_dpg, D1, bias1, Wx1, wdt1,
-    cw1, cb1, states1, seg1,
-    z, sz_b, sz_d, sz_t, out, so_b, so_d, so_t, last,
-    dim, L, N, n_chunks, H, seg_len, n_segs,
+    fwd, bwd, gate, out, last, sizes,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
     REVERSE: tl.constexpr, BIDIR: tl.constexpr, RUN0: tl.constexpr, RUN1: tl.constexpr, SAVE_STATES: tl.constexpr,
     COLS: tl.constexpr, PROJ: tl.constexpr, CONV: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    """Grid (cdiv(dim, BLOCK_D), batch, n_segs). Direction 0 scans in the order REVERSE says; with BIDIR,
-    direction 1 then scans last-to-first and adds its output before the gate. RUN0 / RUN1: which of the two
-    this launch runs (a pair split into segments runs them in two launches: direction 1 reads all of
-    direction 0's output)."""
+    """Grid (cdiv(dim, BLOCK_D), batch, n_segs). fwd: direction 0's `Direction`, scanned in the order REVERSE
+    says; with BIDIR, bwd: direction 1's, scanned last-to-first, its output added to direction 0's before the
+    gate. gate: the `Seq` of z (HAS_Z); out: the output `Seq`; last: (batch, dim, N) float32 for a single
+    direction's last state (None for a pair); sizes: the `Sizes`. RUN0 / RUN1: which of the two this launch
+    runs (a pair split into segments runs them in two launches: direction 1 reads all of direction 0's
+    output)."""
     pid_d, pid_b, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     if RUN0:
-        _scan_fwd_direction(u0, su0_b, su0_d, su0_t, dl0, sdl0_b, sdl0_d, sdl0_t, A0, sA0_d, sA0_n,
-                            B0, sB0_b, sB0_g, sB0_n, sB0_t, B0_dpg, C0, sC0_b, sC0_g, sC0_n, sC0_t, C0_dpg, D0,
-                            bias0, Wx0, wdt0, cw0, cb0, z, sz_b, sz_d, sz_t, out, so_b, so_d, so_t, last, states0,
-                            seg0, pid_b, pid_d, pid_s, dim, L, N, n_chunks, H, seg_len, n_segs,
-                            HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z and not BIDIR, REVERSE, False, SAVE_STATES, not BIDIR,
-                            COLS, PROJ, CONV, E, BLOCK_D, BLOCK_N, CHUNK)
+        _scan_fwd_direction(fwd, gate, out, last, sizes, pid_b, pid_d, pid_s, HAS_D, HAS_BIAS, SOFTPLUS,
+                            HAS_Z and not BIDIR, REVERSE, False, SAVE_STATES, not BIDIR, COLS, PROJ, CONV, E, BLOCK_D,
+                            BLOCK_N, CHUNK)
     if RUN0 and RUN1:
         tl.debug_barrier()  # direction 1 reads the outputs this program's threads just wrote
     if RUN1:
-        _scan_fwd_direction(u1, su1_b, su1_d, su1_t, dl1, sdl1_b, sdl1_d, sdl1_t, A1, sA1_d, sA1_n,
-                            B1, sB1_b, sB1_g, sB1_n, sB1_t, B1_dpg, C1, sC1_b, sC1_g, sC1_n, sC1_t, C1_dpg, D1,
-                            bias1, Wx1, wdt1, cw1, cb1, z, sz_b, sz_d, sz_t, out, so_b, so_d, so_t, last, states1,
-                            seg1, pid_b, pid_d, pid_s, dim, L, N, n_chunks, H, seg_len, n_segs,
-                            HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z, True, True, SAVE_STATES, False,
-                            COLS, PROJ, CONV, E, BLOCK_D, BLOCK_N, CHUNK)
+        _scan_fwd_direction(bwd, gate, out, last, sizes, pid_b, pid_d, pid_s, HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z,
+                            True, True, SAVE_STATES, False, COLS, PROJ, CONV, E, BLOCK_D, BLOCK_N, CHUNK)
 
 
 @triton.jit
 def s6_bwd_kernel(
-    u0, su0_b, su0_d, su0_t, dl0, sdl0_b, sdl0_d, sdl0_t, A0, sA0_d, sA0_n,
-    B0, sB0_b, sB0_g, sB0_n, sB0_t, B0_dpg, C0, sC0_b, sC0_g, sC0_n, sC0_t, C0_dpg, D0, bias0, Wx0, wdt0,
-    cw0, cb0, states0, seg0,
-    du0, ddl0, dB0, dB0_g, dC0, dC0_g, dA0, dD0, dbias0, dWx0, dwdt0, dcw0, dcb0,
-    u1, su1_b, su1_d, su1_t, dl1, sdl1_b, sdl1_d, sdl1_t, A1, sA1_d, sA1_n,
-    B1, sB1_b, sB1_g, sB1_n, sB1_t, B1_dpg, C1, sC1_b, sC1_g, sC1_n, sC1_t, C1_dpg, D1, bias1, Wx1, wdt1,
-    cw1, cb1, states1, seg1,
-    du1, ddl1, dB1, dB1_g, dC1, dC1_g, dA1, dD1, dbias1, dWx1, dwdt1, dcw1, dcb1,
-    z, sz_b, sz_d, sz_t, dout, sdo_b, sdo_d, sdo_t, dz, scratch,
-    dim, L, N, n_chunks, H, seg_len, n_segs,
+    fwd, fwd_grads, bwd, bwd_grads, gate, dout, dz, scratch, sizes,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
     REVERSE: tl.constexpr, RUN0: tl.constexpr, RUN1: tl.constexpr, COLS: tl.constexpr, TOKEN_MAJOR: tl.constexpr,
     PROJ: tl.constexpr, CONV: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     CHUNK: tl.constexpr,
 ):
-    """Grid (cdiv(dim, BLOCK_D), batch, n_segs); the gradients of `s6_fwd_kernel`, direction by direction
-    (RUN0 / RUN1 as there; direction 1 adds its part of dz to direction 0's)."""
+    """Grid (cdiv(dim, BLOCK_D), batch, n_segs); the gradients of `s6_fwd_kernel` into each direction's
+    `Gradients`, direction by direction (RUN0 / RUN1 as there; direction 1 adds its part of dz to direction
+    0's). dout: the `Seq` of the output's gradient; dz: z's gradient (HAS_Z); scratch: see
+    `_scan_bwd_direction`."""
     pid_d, pid_b, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     if RUN0:
-        _scan_bwd_direction(u0, su0_b, su0_d, su0_t, dl0, sdl0_b, sdl0_d, sdl0_t, A0, sA0_d, sA0_n,
-                            B0, sB0_b, sB0_g, sB0_n, sB0_t, B0_dpg, C0, sC0_b, sC0_g, sC0_n, sC0_t, C0_dpg, D0,
-                            bias0, Wx0, wdt0, cw0, cb0, z, sz_b, sz_d, sz_t, dout, sdo_b, sdo_d, sdo_t, states0,
-                            seg0, scratch, du0, ddl0, dz, dB0, dB0_g, dC0, dC0_g, dA0, dD0, dbias0, dWx0, dwdt0,
-                            dcw0, dcb0, pid_b, pid_d, pid_s, dim, L, N, n_chunks, H, seg_len, n_segs,
-                            HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z, REVERSE, False, COLS, TOKEN_MAJOR, PROJ, CONV, E,
-                            BLOCK_D, BLOCK_N, CHUNK)
+        _scan_bwd_direction(fwd, fwd_grads, gate, dout, dz, scratch, sizes, pid_b, pid_d, pid_s, HAS_D, HAS_BIAS,
+                            SOFTPLUS, HAS_Z, REVERSE, False, COLS, TOKEN_MAJOR, PROJ, CONV, E, BLOCK_D, BLOCK_N, CHUNK)
     if RUN0 and RUN1:
         tl.debug_barrier()  # direction 1 adds its part to the dz this program's threads just wrote
     if RUN1:
-        _scan_bwd_direction(u1, su1_b, su1_d, su1_t, dl1, sdl1_b, sdl1_d, sdl1_t, A1, sA1_d, sA1_n,
-                            B1, sB1_b, sB1_g, sB1_n, sB1_t, B1_dpg, C1, sC1_b, sC1_g, sC1_n, sC1_t, C1_dpg, D1,
-                            bias1, Wx1, wdt1, cw1, cb1, z, sz_b, sz_d, sz_t, dout, sdo_b, sdo_d, sdo_t, states1,
-                            seg1, scratch, du1, ddl1, dz, dB1, dB1_g, dC1, dC1_g, dA1, dD1, dbias1, dWx1, dwdt1,
-                            dcw1, dcb1, pid_b, pid_d, pid_s, dim, L, N, n_chunks, H, seg_len, n_segs,
-                            HAS_D, HAS_BIAS, SOFTPLUS, HAS_Z, True, True, COLS, TOKEN_MAJOR, PROJ, CONV, E,
-                            BLOCK_D, BLOCK_N, CHUNK)
+        _scan_bwd_direction(bwd, bwd_grads, gate, dout, dz, scratch, sizes, pid_b, pid_d, pid_s, HAS_D, HAS_BIAS,
+                            SOFTPLUS, HAS_Z, True, True, COLS, TOKEN_MAJOR, PROJ, CONV, E, BLOCK_D, BLOCK_N, CHUNK)

@@ -17,6 +17,7 @@ import torch
 import triton
 
 from .._backend import launch_device
+from .triton_args import Direction, Gradients, GroupedSeq, Projection, Seq, Sizes, StateMatrix
 from .triton_kernels import s6_bwd_kernel, s6_fwd_kernel, s6_segment_adjoints_kernel, s6_segment_states_kernel
 
 # Steps between the states the forward saves for the backward, which recomputes the states of one chunk at
@@ -37,39 +38,39 @@ def block_sizes(dim: int, length: int, n: int, dpgs: tuple[int, ...]) -> tuple[i
     return block_d, block_n, CHUNK, 1  # picked from the H100 sweep recorded in BENCHMARKS.md
 
 
-class _Direction(NamedTuple):
-    """One direction's kernel arguments for some batch rows: each tensor followed by its strides."""
+class ScanDirection(NamedTuple):
+    """One direction's inputs over the whole batch: u, delta (batch, dim, L); A (dim, N); B, C (batch, N, L) or
+    grouped (batch, G, N, L); D, delta_bias (dim,) or None. With `proj` (the PROJ mode's `Projection`) delta, B
+    and C are None and A, D and delta_bias have one row per place in a group of E channels."""
 
-    u: list  # u, then its (batch, dim, L) strides
-    delta: list
-    A: list  # A with its channels adjacent, then its (dim, N) strides
-    B: list  # B as (batch, G, N, L), its strides, then channels per group
-    C: list
-    params: list  # D, delta_bias, then the PROJ mode's Wx, w_dt, conv weight by lag, conv bias
-    reverse: bool  # scans last-to-first
+    u: torch.Tensor
+    delta: torch.Tensor | None
+    A: torch.Tensor
+    B: torch.Tensor | None
+    C: torch.Tensor | None
+    D: torch.Tensor | None
+    delta_bias: torch.Tensor | None
+    proj: Projection | None = None
 
-    def args(self) -> list:
-        return [*self.u, *self.delta, *self.A, *self.B, *self.C, *self.params]
+    def kernel_args(self, rows: slice, states: torch.Tensor, summaries: torch.Tensor) -> Direction:
+        """The kernels' `Direction` for the batch rows `rows`, with the (full-batch) states and summaries."""
+        dim = self.u.shape[1]
+        A = self.A.t().contiguous().t()  # channels adjacent, as the kernels hold the state (N, channels)
 
-    @property
-    def bias(self):
-        return self.params[1]
+        def grouped(t):  # B or C as (batch, G, N, L)
+            return None if t is None else GroupedSeq.of((t if t.dim() == 4 else t.unsqueeze(1))[rows], dim)
+
+        return Direction(Seq.of(self.u[rows]), None if self.delta is None else Seq.of(self.delta[rows]),
+                         StateMatrix(A, *A.stride()), grouped(self.B), grouped(self.C), self.D, self.delta_bias,
+                         self.proj, _rows(states, rows), _rows(summaries, rows))
 
 
-def _direction(rows, u, delta, A, B, C, D, delta_bias, reverse, proj=None) -> _Direction:
-    """A direction's arguments for the batch rows `rows`, with B and C as (batch, G, N, L) views and the
-    projection weights and conv (Wx, w_dt, conv weight by lag, conv bias) when `proj` gives them (delta, B
-    and C are then None; u stands in for what is absent, never read)."""
-    dim = u.shape[1]
-    if proj is not None:
-        delta, B, C = u, u.unsqueeze(1), u.unsqueeze(1)
-    u, delta = u[rows], delta[rows]
-    B4 = (B if B.dim() == 4 else B.unsqueeze(1))[rows]
-    C4 = (C if C.dim() == 4 else C.unsqueeze(1))[rows]
-    A = A.t().contiguous().t()  # channels adjacent, as the kernels hold the state (N, channels)
-    return _Direction([u, *u.stride()], [delta, *delta.stride()], [A, *A.stride()],
-                      [B4, *B4.stride(), dim // B4.shape[1]], [C4, *C4.stride(), dim // C4.shape[1]],
-                      [u if t is None else t for t in (D, delta_bias, *(proj or (None,) * 4))], reverse)
+def _directions(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev):
+    """The ops' flat arguments as one `ScanDirection`, or two for a pair (u_rev given)."""
+    directions = [ScanDirection(u, delta, A, B, C, D, delta_bias)]
+    if u_rev is not None:
+        directions.append(ScanDirection(u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev))
+    return directions
 
 
 # Splitting the scan order into segments (one program each, see `segments`) happens only when the programs
@@ -113,17 +114,20 @@ def _runs(bidir: bool, n_segs: int) -> list[tuple[bool, bool]]:
 PROJ_GROUPS = 16
 
 
-def _config(u, A, B, C, B_rev, C_rev, proj):
-    """(BLOCK_D, BLOCK_N, CHUNK, num_warps, E): `block_sizes` and E = 1, or with the projection weights
-    (Wx, w_dt, conv weight, conv bias) PROJ_GROUPS groups of E = e channels per program."""
-    if proj is not None:
-        e = proj[0].shape[1]
-        return e * PROJ_GROUPS, triton.next_power_of_2(A.shape[1]), CHUNK, 1, e
-    return *block_sizes(u.shape[1], u.shape[2], A.shape[1], _dpgs(u.shape[1], B, C, B_rev, C_rev)), 1
+def _config(directions):
+    """(BLOCK_D, BLOCK_N, CHUNK, num_warps, E): `block_sizes` and E = 1, or with the PROJ mode PROJ_GROUPS
+    groups of E = e channels per program."""
+    first = directions[0]
+    if first.proj is not None:
+        e = first.proj.Wx.shape[1]
+        return e * PROJ_GROUPS, triton.next_power_of_2(first.A.shape[1]), CHUNK, 1, e
+    dim = first.u.shape[1]
+    dpgs = _dpgs(dim, *(t for d in directions for t in (d.B, d.C)))
+    return *block_sizes(dim, first.u.shape[2], first.A.shape[1], dpgs), 1
 
 
 def _has_conv(proj) -> bool:
-    return proj is not None and proj[2] is not None
+    return proj is not None and proj.conv_weight is not None
 
 
 # Rows of the batch per launch: the grid's second axis takes at most 65535, the backward's scratch
@@ -197,50 +201,57 @@ def _summaries(u, n, n_segs):
     return torch.empty(shape, dtype=torch.float32, device=u.device)
 
 
-def _launch_fwd(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev, z,
-                delta_softplus, reverse, save_states, cols=0, proj=None, proj_rev=None):
-    """out (batch, dim, L) in u's dtype and layout (`_token_major`), last state (batch, dim, N) float32 (one
-    direction only; empty for a pair), and the states at chunk starts of each direction, (batch, chunks, N, dim) float32
-    (empty unless save_states). cols: 0, or H to scan the L = H * W positions, a row-major grid of H rows,
-    column by column. proj, proj_rev: (Wx, w_dt, conv weight (E, 4) by lag or None, conv bias) of each
-    direction for the kernels' PROJ mode, or None."""
+def _meta(directions, delta_softplus, cols, block_d, block_n, warps) -> dict:
+    """The meta-parameters every S6 kernel takes."""
+    return dict(HAS_BIAS=directions[0].delta_bias is not None, SOFTPLUS=delta_softplus, COLS=cols > 0,
+                BLOCK_D=block_d, BLOCK_N=block_n, num_warps=warps)
+
+
+def _run_fwd(directions, z, delta_softplus, reverse, save_states, cols):
+    """The forward of one `ScanDirection` or a pair: out (batch, dim, L) in u's dtype and layout
+    (`_token_major`), the last state (batch, dim, N) float32 (one direction only; empty for a pair), and each
+    direction's states at chunk starts, (batch, chunks, N, dim) float32 (empty unless save_states). cols: 0,
+    or H to scan the L = H * W positions, a row-major grid of H rows, column by column."""
+    u, proj = directions[0].u, directions[0].proj
     batch, dim, length = u.shape
-    n = A.shape[1]
-    bidir = u_rev is not None
-    block_d, block_n, chunk, warps, e = _config(u, A, B, C, B_rev, C_rev, proj)
+    n = directions[0].A.shape[1]
+    bidir = len(directions) == 2
+    block_d, block_n, chunk, warps, e = _config(directions)
     chunks = _n_chunks(length, chunk)
-    programs = triton.cdiv(dim, block_d)
     n_segs, seg_len = _split(u, proj, block_d, chunk)
     out = _empty_scan_layout(u.shape, _token_major(u), dtype=u.dtype, device=u.device)
     last = torch.empty((0,) if bidir else (batch, dim, n), dtype=torch.float32, device=u.device)
     states_shape = (batch, chunks, n, dim) if save_states else (0,)
-    states = [torch.empty(states_shape, dtype=torch.float32, device=u.device) for _ in range(1 + bidir)]
-    summaries = [_summaries(u, n, n_segs) for _ in range(1 + bidir)]
-    sizes = dict(dim=dim, L=length, N=n, H=max(cols, 1), seg_len=seg_len, n_segs=n_segs)
-    flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, COLS=cols > 0, BLOCK_D=block_d,
-                 BLOCK_N=block_n, num_warps=warps)
-    tensors = [u, delta, B, C, u_rev, delta_rev, B_rev, C_rev, z, out, *states, *summaries]
+    states = [torch.empty(states_shape, dtype=torch.float32, device=u.device) for _ in directions]
+    summaries = [_summaries(u, n, n_segs) for _ in directions]
+    sizes = Sizes(dim, length, n, max(cols, 1), chunks, seg_len, n_segs)
+    meta = _meta(directions, delta_softplus, cols, block_d, block_n, warps)
+    tensors = [t for d in directions for t in (d.u, d.delta, d.B, d.C)] + [z, out, *states, *summaries]
     for rows in _row_slices(batch, _rows_for_32bit(tensors)):
-        dirs = [_direction(rows, u, delta, A, B, C, D, delta_bias, reverse, proj)]
-        if bidir:
-            dirs.append(_direction(rows, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev, True, proj_rev))
-        segs = [_rows(t, rows) for t in summaries]
-        gate = [u, 0, 0, 0] if z is None else [z[rows], *z.stride()]
-        o = out[rows]
-        grid = (programs, o.shape[0], n_segs)
+        dirs = [d.kernel_args(rows, st, sm) for d, st, sm in zip(directions, states, summaries)]
+        gate = None if z is None else Seq.of(z[rows])
+        o = Seq.of(out[rows])
+        grid = (triton.cdiv(dim, block_d), o.ptr.shape[0], n_segs)
         with launch_device(u):
-            for run0, run1 in _runs(bidir, n_segs):
-                for d, seg, run in zip(dirs, segs, (run0, run1)):
+            for runs in _runs(bidir, n_segs):
+                for d, run, rev in zip(dirs, runs, (reverse, True)):
                     if run and n_segs > 1:
-                        s6_segment_states_kernel[grid[:2] + (n_segs - 1,)](
-                            *d.u, *d.delta, *d.A, *d.B, d.bias, seg, **sizes, REVERSE=d.reverse, **flags)
+                        s6_segment_states_kernel[grid[:2] + (n_segs - 1,)](d, sizes, REVERSE=rev, **meta)
                 s6_fwd_kernel[grid](
-                    *dirs[0].args(), _rows(states[0], rows), segs[0], *dirs[-1].args(), _rows(states[-1], rows),
-                    segs[-1], *gate, o, *o.stride(), o if bidir else last[rows], n_chunks=chunks, **sizes,
-                    HAS_D=D is not None, HAS_Z=z is not None, REVERSE=reverse, BIDIR=bidir, RUN0=run0, RUN1=run1,
-                    SAVE_STATES=save_states, PROJ=proj is not None, CONV=_has_conv(proj), E=e, CHUNK=chunk, **flags,
+                    dirs[0], dirs[1] if bidir else None, gate, o, None if bidir else last[rows], sizes,
+                    HAS_D=directions[0].D is not None, HAS_Z=z is not None, REVERSE=reverse, BIDIR=bidir, RUN0=runs[0],
+                    RUN1=runs[1], SAVE_STATES=save_states, PROJ=proj is not None, CONV=_has_conv(proj), E=e,
+                    CHUNK=chunk, **meta,
                 )
     return out, last, states[0], states[-1] if bidir else torch.empty(0, device=u.device)
+
+
+def _launch_fwd(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev, z,
+                delta_softplus, reverse, save_states, cols=0):
+    """`_run_fwd` with the ops' flat arguments (the reverse direction's seven None for a single direction)."""
+    directions = _directions(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev,
+                             delta_bias_rev)
+    return _run_fwd(directions, z, delta_softplus, reverse, save_states, cols)
 
 
 @torch.library.custom_op("mambamixer::selective_scan_fwd", mutates_args=())
@@ -271,104 +282,97 @@ def _(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D
             states.new_empty(states_shape if u_rev is not None else (0,)))
 
 
-def _grad_buffers(u, delta, A, B, C, D, delta_bias, n_segs, proj=None):
-    """du, ddelta (inputs' dtypes, contiguous in u's layout); dB, dC float32 (batch, G, N, L) zeros (added to
-    atomically; stored (batch, G, L, N) for token-major u); dA (batch, n_segs, dim, N), dD, dbias (batch,
-    n_segs, dim) float32 per-segment partials; with `proj` (never split) no ddelta, dB, dC (empty), dA, dD,
-    dbias (batch, dim, ...) and dWx (batch, dim, 1 + 2N) and dw_dt (batch, dim) float32 per-sequence
-    partials, and with its conv dcw (batch, dim, 4) and dcb (batch, dim) likewise."""
+def _grad_buffers(direction: ScanDirection, n_segs: int) -> Gradients:
+    """A direction's `Gradients` over the whole batch: du, ddelta in the inputs' dtypes and u's layout; dB, dC
+    float32 zeros (added to atomically); dA, dD, d_delta_bias float32 per-segment partials (batch, n_segs, dim,
+    ...). PROJ (never split): dA, dD, d_delta_bias, dWx, dw_dt (and the conv's) float32 per-sequence partials
+    (batch, dim, ...), no ddelta, dB, dC."""
+    u, proj = direction.u, direction.proj
     batch, dim, length = u.shape
-    n = A.shape[1]
+    n = direction.A.shape[1]
     f32 = dict(dtype=torch.float32, device=u.device)
     token_major = _token_major(u)
     du = _empty_scan_layout(u.shape, token_major, dtype=u.dtype, device=u.device)
     rows = (batch,) if proj is not None else (batch, n_segs)
-    per_row = [torch.empty(*rows, dim, n, **f32), torch.empty(*rows, dim, **f32), torch.empty(*rows, dim, **f32)]
+    sums = dict(dA=torch.empty(*rows, dim, n, **f32), dD=torch.empty(*rows, dim, **f32),
+                d_delta_bias=torch.empty(*rows, dim, **f32))
     if proj is not None:
-        empty = u.new_empty(0)
-        conv = [torch.empty(batch, dim, 4, **f32), torch.empty(batch, dim, **f32)] if _has_conv(proj) else [du, du]
-        return [du, empty, empty, 1, empty, 1, *per_row, torch.empty(batch, dim, 1 + 2 * n, **f32),
-                torch.empty(batch, dim, **f32), *conv]
-    dB, dC = (_empty_scan_layout((batch, _groups(t), n, length), token_major, **f32).zero_() for t in (B, C))
-    return [du, _empty_scan_layout(delta.shape, token_major, dtype=delta.dtype, device=u.device),
-            dB, _groups(B), dC, _groups(C), *per_row, du, du, du, du]
+        conv = _has_conv(proj)
+        return Gradients(du, None, None, None, **sums, dWx=torch.empty(batch, dim, 1 + 2 * n, **f32),
+                         dw_dt=torch.empty(batch, dim, **f32),
+                         d_conv_weight=torch.empty(batch, dim, 4, **f32) if conv else None,
+                         d_conv_bias=torch.empty(batch, dim, **f32) if conv else None)
+    dB, dC = (_empty_scan_layout((batch, _groups(t), n, length), token_major, **f32).zero_()
+              for t in (direction.B, direction.C))
+    ddelta = _empty_scan_layout(direction.delta.shape, token_major, dtype=direction.delta.dtype, device=u.device)
+    return Gradients(du, ddelta, dB, dC, **sums, dWx=None, dw_dt=None, d_conv_weight=None, d_conv_bias=None)
 
 
-def _finish_grads(buffers, B, C, A, D, delta_bias):
-    """Kernel buffers -> gradients shaped and typed like (u, delta, A, B, C, D, delta_bias); absent -> empty."""
-    du, ddelta, dB, _, dC, _, dA, dD, dbias, *_ = buffers
-    dB = (dB if B.dim() == 4 else dB[:, 0]).to(B.dtype)
-    dC = (dC if C.dim() == 4 else dC[:, 0]).to(C.dtype)
-    dD = du.new_empty(0) if D is None else dD.sum((0, 1)).to(D.dtype)
-    dbias = du.new_empty(0) if delta_bias is None else dbias.sum((0, 1)).to(delta_bias.dtype)
-    return [du, ddelta, dA.sum((0, 1)).to(A.dtype), dB, dC, dD, dbias]
+def _finish_grads(grads: Gradients, direction: ScanDirection) -> list:
+    """A direction's `Gradients` -> gradients shaped and typed like (u, delta, A, B, C, D, delta_bias); absent
+    inputs get an empty tensor."""
+    _, delta, A, B, C, D, delta_bias, _ = direction
+    du = grads.du
+    dB = (grads.dB if B.dim() == 4 else grads.dB[:, 0]).to(B.dtype)
+    dC = (grads.dC if C.dim() == 4 else grads.dC[:, 0]).to(C.dtype)
+    dD = du.new_empty(0) if D is None else grads.dD.sum((0, 1)).to(D.dtype)
+    dbias = du.new_empty(0) if delta_bias is None else grads.d_delta_bias.sum((0, 1)).to(delta_bias.dtype)
+    return [du, grads.ddelta, grads.dA.sum((0, 1)).to(A.dtype), dB, dC, dD, dbias]
 
 
-def _launch_bwd_buffers(dout, states, states_rev, u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev,
-                        C_rev, D_rev, delta_bias_rev, z, delta_softplus, reverse, cols=0, proj=None, proj_rev=None):
-    """Run the backward kernel; returns the gradient buffers of each direction (`_grad_buffers`) and dz (in
-    u's layout)."""
+def _run_bwd(dout, states, directions, z, delta_softplus, reverse, cols=0):
+    """Run the backward kernels of `_run_fwd`: dout (batch, dim, L); states: each direction's saved states.
+    Returns each direction's `Gradients` and dz (u's layout; None without z)."""
+    u, proj = directions[0].u, directions[0].proj
     batch, dim, length = u.shape
-    n = A.shape[1]
-    bidir = u_rev is not None
-    block_d, block_n, chunk, warps, e = _config(u, A, B, C, B_rev, C_rev, proj)
+    n = directions[0].A.shape[1]
+    bidir = len(directions) == 2
+    block_d, block_n, chunk, warps, e = _config(directions)
     programs = triton.cdiv(dim, block_d)
     n_segs, seg_len = _split(u, proj, block_d, chunk)
-    g0 = _grad_buffers(u, delta, A, B, C, D, delta_bias, n_segs, proj)
-    g1 = _grad_buffers(u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev, n_segs, proj_rev) if bidir else g0
-    summaries = [_summaries(u, n, n_segs) for _ in range(1 + bidir)]
+    grads = [_grad_buffers(d, n_segs) for d in directions]
+    summaries = [_summaries(u, n, n_segs) for _ in directions]
     token_major = _token_major(u)
-    dz = _empty_scan_layout(u.shape, token_major, dtype=z.dtype, device=u.device) if z is not None else u.new_empty(0)
+    dz = None if z is None else _empty_scan_layout(u.shape, token_major, dtype=z.dtype, device=u.device)
     per_row = programs * n_segs * chunk * block_d * (block_n + _has_conv(proj))
-    tensors = [dout, states, states_rev, u, delta, B, C, u_rev, delta_rev, B_rev, C_rev, z, dz, *summaries,
-               *[b for b in g0 + g1 if not isinstance(b, int)]]
+    tensors = ([t for d in directions for t in (d.u, d.delta, d.B, d.C)] + [dout, *states, z, dz, *summaries]
+               + [t for g in grads for t in g])
     slices = _row_slices(batch, min(SCRATCH_FLOATS // per_row, _rows_for_32bit(tensors)))
     scratch = torch.empty((slices[0].stop - slices[0].start) * per_row, dtype=torch.float32, device=u.device)
-    sizes = dict(dim=dim, L=length, N=n, H=max(cols, 1), seg_len=seg_len, n_segs=n_segs)
-    flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, COLS=cols > 0, BLOCK_D=block_d,
-                 BLOCK_N=block_n, num_warps=warps)
-
-    def grads(buffers, rows):  # dB_g / dC_g are group counts, not buffers
-        return [b if isinstance(b, int) else b[rows] for b in buffers]
-
+    sizes = Sizes(dim, length, n, max(cols, 1), _n_chunks(length, chunk), seg_len, n_segs)
+    meta = _meta(directions, delta_softplus, cols, block_d, block_n, warps)
     for rows in slices:
-        dirs = [_direction(rows, u, delta, A, B, C, D, delta_bias, reverse, proj)]
-        if bidir:
-            dirs.append(_direction(rows, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev, True, proj_rev))
-        segs = [_rows(t, rows) for t in summaries]
-        gate = [u, 0, 0, 0] if z is None else [z[rows], *z.stride()]
-        do = dout[rows]
-        grid = (programs, do.shape[0], n_segs)
+        dirs = [d.kernel_args(rows, st, sm) for d, st, sm in zip(directions, states, summaries)]
+        dir_grads = [Gradients(*(None if t is None else t[rows] for t in g)) for g in grads]
+        gate = None if z is None else Seq.of(z[rows])
+        do = Seq.of(dout[rows])
+        grid = (programs, do.ptr.shape[0], n_segs)
         with launch_device(u):
-            for run0, run1 in _runs(bidir, n_segs):
-                for d, seg, run in zip(dirs, segs, (run0, run1)):
+            for runs in _runs(bidir, n_segs):
+                for d, run, rev in zip(dirs, runs, (reverse, True)):
                     if run and n_segs > 1:
                         s6_segment_adjoints_kernel[grid[:2] + (n_segs - 1,)](
-                            *d.delta, *d.A, *d.C, d.bias, *gate, do, *do.stride(), seg, **sizes,
-                            GATE=z is not None, REVERSE=d.reverse, **flags)
+                            d, gate, do, sizes, GATE=z is not None, REVERSE=rev, **meta)
                 s6_bwd_kernel[grid](
-                    *dirs[0].args(), states[rows], segs[0], *grads(g0, rows), *dirs[-1].args(),
-                    states_rev[rows] if bidir else states[rows], segs[-1], *grads(g1, rows), *gate, do, *do.stride(),
-                    dz[rows] if z is not None else u, scratch, n_chunks=_n_chunks(length, chunk), **sizes,
-                    HAS_D=D is not None, HAS_Z=z is not None, REVERSE=reverse, RUN0=run0, RUN1=run1,
-                    TOKEN_MAJOR=token_major, PROJ=proj is not None, CONV=_has_conv(proj), E=e, CHUNK=chunk, **flags,
+                    dirs[0], dir_grads[0], dirs[1] if bidir else None, dir_grads[1] if bidir else None, gate, do,
+                    None if dz is None else dz[rows], scratch, sizes, HAS_D=directions[0].D is not None,
+                    HAS_Z=z is not None, REVERSE=reverse, RUN0=runs[0], RUN1=runs[1], TOKEN_MAJOR=token_major,
+                    PROJ=proj is not None, CONV=_has_conv(proj), E=e, CHUNK=chunk, **meta,
                 )
-    return g0, g1, dz
+    return grads, dz
 
 
 def _launch_bwd(dout, states, states_rev, u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev,
                 D_rev, delta_bias_rev, z, delta_softplus, reverse, cols):
     """Gradients of (u, delta, A, B, C, D, delta_bias), then of the reverse direction's seven, then of z;
     an empty tensor stands for an absent input."""
-    bidir = u_rev is not None
-    g0, g1, dz = _launch_bwd_buffers(dout, states, states_rev, u, delta, A, B, C, D, delta_bias, u_rev, delta_rev,
-                                     A_rev, B_rev, C_rev, D_rev, delta_bias_rev, z, delta_softplus, reverse, cols)
-    grads = _finish_grads(g0, B, C, A, D, delta_bias)
-    if bidir:
-        grads += _finish_grads(g1, B_rev, C_rev, A_rev, D_rev, delta_bias_rev)
-    else:
-        grads += [u.new_empty(0) for _ in range(7)]
-    return grads + [dz]
+    directions = _directions(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev,
+                             delta_bias_rev)
+    grads, dz = _run_bwd(dout, (states, states_rev), directions, z, delta_softplus, reverse, cols)
+    out = [g for grad, d in zip(grads, directions) for g in _finish_grads(grad, d)]
+    if len(directions) == 1:
+        out += [u.new_empty(0) for _ in range(7)]
+    return out + [u.new_empty(0) if dz is None else dz]
 
 
 @torch.library.custom_op("mambamixer::selective_scan_bwd", mutates_args=())
@@ -488,46 +492,51 @@ def _conv_by_lag(weight, reverse):
     return torch.nn.functional.pad(lag, (0, 4 - lag.shape[1])).contiguous()
 
 
-def _proj_args(Wx, wdt, cw, cb, reverse):
-    """(Wx, w_dt, conv weight by lag, conv bias), float32 and contiguous, for the kernels; None for no conv."""
+def _projection(Wx, wdt, cw, cb, reverse) -> Projection:
+    """A direction's `Projection`, float32 and contiguous, for the kernels (conv weight by lag; None for no
+    conv)."""
     if cw is None:
-        return Wx.float().contiguous(), wdt.float().contiguous(), None, None
+        return Projection(Wx.float().contiguous(), wdt.float().contiguous(), None, None)
     cb = torch.zeros(cw.shape[0], device=cw.device) if cb is None else cb
-    return Wx.float().contiguous(), wdt.float().contiguous(), _conv_by_lag(cw, reverse), cb.float().contiguous()
+    return Projection(Wx.float().contiguous(), wdt.float().contiguous(), _conv_by_lag(cw, reverse),
+                      cb.float().contiguous())
+
+
+def _projected_directions(u, A, Wx, wdt, D, bias, u_r, A_r, Wx_r, wdt_r, D_r, bias_r, cw, cb, cw_r, cb_r):
+    """The PROJ pair's two `ScanDirection`s from the projected op's arguments (see `_projected_fwd`)."""
+    return [ScanDirection(u, None, A, None, None, D, bias, _projection(Wx, wdt, cw, cb, False)),
+            ScanDirection(u_r, None, A_r, None, None, D_r, bias_r, _projection(Wx_r, wdt_r, cw_r, cb_r, True))]
 
 
 def _projected_fwd(z, u, A, Wx, wdt, D, bias, u_r, A_r, Wx_r, wdt_r, D_r, bias_r, cw, cb, cw_r, cb_r, save_states):
     """The PROJ forward of a direction pair: out (batch, groups * e, L) and each direction's states at chunk
     starts (empty unless save_states). Per direction: u (batch, groups * e, L), A (e, N), Wx (1 + 2N, e),
     w_dt (e,), D (e,), bias (e,), and the optional conv's weight (e, K) and bias (e,)."""
-    out, _, states, states_rev = _launch_fwd(u, None, A, None, None, D, bias, u_r, None, A_r, None, None, D_r, bias_r,
-                                             z, True, False, save_states, proj=_proj_args(Wx, wdt, cw, cb, False),
-                                             proj_rev=_proj_args(Wx_r, wdt_r, cw_r, cb_r, True))
+    directions = _projected_directions(u, A, Wx, wdt, D, bias, u_r, A_r, Wx_r, wdt_r, D_r, bias_r, cw, cb, cw_r, cb_r)
+    out, _, states, states_rev = _run_fwd(directions, z, True, False, save_states, 0)
     return out, states, states_rev
 
 
 def _projected_bwd(dout, states, states_rev, z, *inputs):
     """Gradients of `_projected_fwd`'s z and sixteen direction and conv inputs, in its argument order (an
     empty tensor for an absent conv weight or bias)."""
-    (u, A, Wx, wdt, D, bias), rev, conv = inputs[:6], inputs[6:12], inputs[12:]
-    g0, g1, dz = _launch_bwd_buffers(dout, states, states_rev, u, None, A, None, None, D, bias, rev[0], None, rev[1],
-                                     None, None, rev[4], rev[5], z, True, False,
-                                     proj=_proj_args(Wx, wdt, *conv[:2], False),
-                                     proj_rev=_proj_args(*rev[2:4], *conv[2:], True))
-    e = Wx.shape[1]
-    grads, conv_grads = [dz], []
-    for (du, *_, dA, dD, dbias, dWx, dwdt, dcw, dcb), (_, A_, Wx_, wdt_, D_, bias_), (cw, cb), reverse in (
-            (g0, inputs[:6], conv[:2], False), (g1, rev, conv[2:], True)):
-        grads += [du, _per_weight(dA, e).to(A_.dtype), _per_weight(dWx, e).T.contiguous().to(Wx_.dtype),
-                  _per_weight(dwdt, e).to(wdt_.dtype), _per_weight(dD, e).to(D_.dtype),
-                  _per_weight(dbias, e).to(bias_.dtype)]
+    directions = _projected_directions(*inputs)
+    grads, dz = _run_bwd(dout, (states, states_rev), directions, z, True, False)
+    e = directions[0].proj.Wx.shape[1]
+    out, conv_grads = [dz], []
+    per_direction = (inputs[:6], inputs[6:12])
+    convs = (inputs[12:14], inputs[14:16])
+    for g, (_, A, Wx, wdt, D, bias), (cw, cb), reverse in zip(grads, per_direction, convs, (False, True)):
+        out += [g.du, _per_weight(g.dA, e).to(A.dtype), _per_weight(g.dWx, e).T.contiguous().to(Wx.dtype),
+                _per_weight(g.dw_dt, e).to(wdt.dtype), _per_weight(g.dD, e).to(D.dtype),
+                _per_weight(g.d_delta_bias, e).to(bias.dtype)]
         if cw is None:
-            conv_grads += [du.new_empty(0), du.new_empty(0)]
+            conv_grads += [g.du.new_empty(0), g.du.new_empty(0)]
             continue
-        dcw = _per_weight(dcw, e)[:, :cw.shape[1]]
+        dcw = _per_weight(g.d_conv_weight, e)[:, :cw.shape[1]]
         conv_grads += [(dcw if reverse else dcw.flip(-1)).contiguous().to(cw.dtype),
-                       du.new_empty(0) if cb is None else _per_weight(dcb, e).to(cb.dtype)]
-    return grads + conv_grads
+                       g.du.new_empty(0) if cb is None else _per_weight(g.d_conv_bias, e).to(cb.dtype)]
+    return out + conv_grads
 
 
 @torch.library.custom_op("mambamixer::selective_scan_projected_fwd", mutates_args=())
