@@ -474,7 +474,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
 
 def selective_scan_bidirectional_triton(forward, backward, z=None, delta_softplus=False, cols=0):
     """The fused pair of directions: `forward` and `backward` are (u, delta, A, B, C, D, delta_bias); cols as
-    in `_launch_fwd`."""
+    in `_run_fwd`."""
     inputs = (*forward, *backward, z)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     return _scan(*forward, *backward, z, delta_softplus, False, save, cols)[0]
