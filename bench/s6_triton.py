@@ -365,6 +365,7 @@ def main():
         result["segment_sweep"] = segment_sweep()
     bw, rows = benchmark()
     result.update(copy_GBps=bw / 1e9, rows=rows, compiled=compiler_report(), call_overhead=call_overhead())
+    os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "s6_triton.json"), "w") as f:
         json.dump(result, f, indent=1)
     print(f"\n{result['device']}, torch {result['torch']}, triton {result['triton']}; device copy "
