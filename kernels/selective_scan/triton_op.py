@@ -311,7 +311,7 @@ def _grad_buffers(direction: ScanDirection, n_segs: int) -> Gradients:
 def _finish_grads(grads: Gradients, direction: ScanDirection) -> list:
     """A direction's `Gradients` -> gradients shaped and typed like (u, delta, A, B, C, D, delta_bias); absent
     inputs get an empty tensor."""
-    _, delta, A, B, C, D, delta_bias, _ = direction
+    A, B, C, D, delta_bias = direction.A, direction.B, direction.C, direction.D, direction.delta_bias
     du = grads.du
     dB = (grads.dB if B.dim() == 4 else grads.dB[:, 0]).to(B.dtype)
     dC = (grads.dC if C.dim() == 4 else grads.dC[:, 0]).to(C.dtype)
