@@ -40,5 +40,17 @@ def resolve_backend(backend: str, x: torch.Tensor, has_kernel: bool, float64: bo
 
 def launch_device(t: torch.Tensor):
     """A context that launches kernels on t's GPU (Triton launches on the current device); nothing for CPU
-    tensors (the interpreter)."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+    tensors (the interpreter) or when that GPU is current already (switching costs host time)."""
+    if not t.is_cuda or t.device.index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(t.device)
+
+
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for launch grids (plain Python: `triton.cdiv` called from the host costs about 2 us)."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= n (n >= 1), for block sizes, in plain Python like `cdiv`."""
+    return 1 << (n - 1).bit_length()

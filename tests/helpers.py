@@ -104,3 +104,7 @@ class StopAfterEpochs(lightning.Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         if trainer.current_epoch + 1 >= self.epochs:
             trainer.should_stop = True
+
+
+# torch.library.opcheck's checks; the last (AOT dispatch with dynamic shapes) costs the most under the interpreter.
+OPCHECK_UTILS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")

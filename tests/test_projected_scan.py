@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from mambamixer.kernels import selective_scan_projected_bidirectional_fn, selective_scan_ref
 from mambamixer.kernels.selective_scan import triton_op
 
-from helpers import rel_err, token_major
+from helpers import OPCHECK_UTILS, rel_err, token_major
 
 NAMES = ("u", "A", "x_weight", "dt_weight", "dt_bias", "D")
 CONV = ("conv_weight", "conv_bias")
@@ -249,14 +249,17 @@ def test_kernels_under_torch_compile():
 @pytest.mark.parametrize("taps,layout", [(0, "channels"), (4, "tokens")])
 def test_custom_ops_pass_opcheck(taps, layout):
     """Schema, fake (meta) shapes and strides (following u's layout) and autograd registration of the
-    projected scan's custom ops, without and with the conv."""
+    projected scan's custom ops, without and with the conv; the AOT-dispatch check on the first case only
+    (it does not depend on the layout and takes most of the time under the interpreter)."""
+    utils = OPCHECK_UTILS if layout == "channels" else OPCHECK_UTILS[:3]
     fwd, bwd, z = inputs(length=5, seed=9, taps=taps)
     f32 = float32(fwd, bwd, layout)
     order = ("u", "A", "x_weight", "dt_weight", "D", "dt_bias")
     conv = [d.get(k) for d in f32 for k in CONV]
     args = (as_layout(z, layout), *[d[k] for d in f32 for k in order], *conv)
-    torch.library.opcheck(triton_op.selective_scan_projected_fwd, (*args, True))
+    torch.library.opcheck(triton_op.selective_scan_projected_fwd, (*args, True), test_utils=utils)
     out, states, states_rev = triton_op.selective_scan_projected_fwd(*args, True)
     dout = torch.randn_like(out)  # no double backward: the backward op's inputs do not require grad
     torch.library.opcheck(triton_op.selective_scan_projected_bwd,
-                          [None if t is None else t.detach() for t in (dout, states, states_rev, *args)])
+                          [None if t is None else t.detach() for t in (dout, states, states_rev, *args)],
+                          test_utils=utils)

@@ -5,10 +5,11 @@ import torch
 import torch.nn.functional as F
 
 from mambamixer.kernels import selective_scan_bidirectional_fn, selective_scan_fn, selective_scan_ref
+from mambamixer.kernels._backend import next_power_of_2
 from mambamixer.kernels.selective_scan import triton_op
 from mambamixer.mixer import SelectiveSSM
 
-from helpers import assert_backends_agree, grads, rel_err, s6_inputs, token_major, with_grad
+from helpers import OPCHECK_UTILS, assert_backends_agree, grads, rel_err, s6_inputs, token_major, with_grad
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 SCAN_LAYOUT = ("u", "delta", "B", "C", "z")  # the (batch, ..., L) arguments
@@ -38,8 +39,7 @@ def check_against_reference(a, tol=1e-5, **kw):
 def small_blocks(monkeypatch):
     """Two channels per program and a state saved every 8 steps: odd channel counts leave a part-filled
     program and a 129-step scan crosses 17 chunks in the backward."""
-    monkeypatch.setattr(triton_op, "block_sizes", lambda dim, length, n, dpgs: (2, triton_op.triton.next_power_of_2(n),
-                                                                                  8, 1))
+    monkeypatch.setattr(triton_op, "block_sizes", lambda dim, length, n, dpgs: (2, next_power_of_2(n), 8, 1))
 
 
 @pytest.mark.parametrize("length", [1, 7, pytest.param(129, marks=pytest.mark.slow)])
@@ -278,14 +278,17 @@ def check_column_order(height, width, layout, backend):
 def test_scan_custom_ops_pass_opcheck(layout, cols):
     """Schema, fake tensors (shapes and the layout-following strides) and autograd registration of
     mambamixer::selective_scan_fwd / _bwd, fused pair: each layout once, one in row and one in column
-    order (the fake tensors do not depend on the order)."""
+    order (the fake tensors do not depend on the order). The AOT-dispatch check, which does not depend on
+    the layout and takes most of the time under the interpreter, runs on the first layout only."""
+    utils = OPCHECK_UTILS if layout == "channels" else OPCHECK_UTILS[:3]
     pair = [as_float(s6_inputs(length=12, seed=seed)) for seed in (17, 18)]
     if layout == "tokens":
         pair = [{k: token_major(v) if k in SCAN_LAYOUT else v for k, v in d.items()} for d in pair]
     pair = [with_grad(d) for d in pair]
     tensors = (*[d[k] for d in pair for k in NAMES], pair[0]["z"])
-    torch.library.opcheck(triton_op.selective_scan_fwd, (*tensors, True, False, True, cols))
+    torch.library.opcheck(triton_op.selective_scan_fwd, (*tensors, True, False, True, cols), test_utils=utils)
     out, _, states, states_rev = triton_op.selective_scan_fwd(*tensors, True, False, True, cols)
     dout = torch.randn_like(out)  # no double backward: the backward op's inputs do not require grad
     torch.library.opcheck(triton_op.selective_scan_bwd,
-                          (*[t.detach() for t in (dout, states, states_rev, *tensors)], True, False, cols))
+                          (*[t.detach() for t in (dout, states, states_rev, *tensors)], True, False, cols),
+                          test_utils=utils)

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._backend import launch_device
+from .._backend import cdiv, launch_device, next_power_of_2
 from .triton_kernels import _softplus
 
 
@@ -78,9 +78,9 @@ def state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
     updated in place, out (batch, H, P) in x's dtype."""
     batch, heads, headdim, n = state.shape
     out = torch.empty_like(x)
-    block_n = triton.next_power_of_2(n)
-    block_p = max(1, min(triton.next_power_of_2(headdim), 4096 // block_n, 64))
-    grid = (triton.cdiv(headdim, block_p), batch, heads)
+    block_n = next_power_of_2(n)
+    block_p = max(1, min(next_power_of_2(headdim), 4096 // block_n, 64))
+    grid = (cdiv(headdim, block_p), batch, heads)
     with launch_device(x):
         state_update_kernel[grid](
             state, *state.stride(), x, *x.stride(), dt, *dt.stride(), dt_bias, *_strides(dt_bias, 2),

@@ -14,9 +14,8 @@ import math
 from typing import NamedTuple
 
 import torch
-import triton
 
-from .._backend import launch_device
+from .._backend import cdiv, launch_device, next_power_of_2
 from .triton_args import Direction, Gradients, GroupedSeq, Projection, Seq, Sizes, StateMatrix
 from .triton_kernels import s6_bwd_kernel, s6_fwd_kernel, s6_segment_adjoints_kernel, s6_segment_states_kernel
 
@@ -34,7 +33,7 @@ def block_sizes(dim: int, length: int, n: int, dpgs: tuple[int, ...]) -> tuple[i
     block_d = 32
     for dpg in dpgs:
         block_d = math.gcd(block_d, dpg & -dpg)
-    block_n = triton.next_power_of_2(n)
+    block_n = next_power_of_2(n)
     return block_d, block_n, CHUNK, 1  # picked from the H100 sweep recorded in BENCHMARKS.md
 
 
@@ -52,15 +51,16 @@ class ScanDirection(NamedTuple):
     delta_bias: torch.Tensor | None
     proj: Projection | None = None
 
-    def kernel_args(self, rows: slice, states: torch.Tensor, summaries: torch.Tensor) -> Direction:
-        """The kernels' `Direction` for the batch rows `rows`, with the (full-batch) states and summaries."""
+    def kernel_args(self, rows: slice | None, states: torch.Tensor, summaries: torch.Tensor) -> Direction:
+        """The kernels' `Direction` for the batch rows `rows` (None: all), with the (full-batch) states and
+        summaries."""
         dim = self.u.shape[1]
         A = self.A.t().contiguous().t()  # channels adjacent, as the kernels hold the state (N, channels)
 
         def grouped(t):  # B or C as (batch, G, N, L)
-            return None if t is None else GroupedSeq.of((t if t.dim() == 4 else t.unsqueeze(1))[rows], dim)
+            return None if t is None else GroupedSeq.of(_rows(t if t.dim() == 4 else t.unsqueeze(1), rows), dim)
 
-        return Direction(Seq.of(self.u[rows]), None if self.delta is None else Seq.of(self.delta[rows]),
+        return Direction(Seq.of(_rows(self.u, rows)), None if self.delta is None else Seq.of(_rows(self.delta, rows)),
                          StateMatrix(A, *A.stride()), grouped(self.B), grouped(self.C), self.D, self.delta_bias,
                          self.proj, _rows(states, rows), _rows(summaries, rows))
 
@@ -92,13 +92,13 @@ def segments(programs: int, length: int, chunk: int, device: torch.device) -> tu
     that `programs` programs per segment fill the GPU, when they are fewer than its SMs. Each segment's
     program starts from the state folded from the earlier segments' summaries (a short scan of each from a
     zero state), and the backward likewise from the later segments' adjoints. One segment off CUDA."""
-    chunks = triton.cdiv(length, chunk)
+    chunks = cdiv(length, chunk)
     split = 1
     if device.type == "cuda" and programs < _sm_count(device.index or 0):
-        want = triton.cdiv(_sm_count(device.index or 0) * PROGRAMS_PER_SM, programs)
+        want = cdiv(_sm_count(device.index or 0) * PROGRAMS_PER_SM, programs)
         split = max(1, min(want, chunks // MIN_SEGMENT_CHUNKS))
-    per = triton.cdiv(chunks, split)
-    return triton.cdiv(chunks, per), per * chunk
+    per = cdiv(chunks, split)
+    return cdiv(chunks, per), per * chunk
 
 
 def _runs(bidir: bool, n_segs: int) -> list[tuple[bool, bool]]:
@@ -112,18 +112,6 @@ def _runs(bidir: bool, n_segs: int) -> list[tuple[bool, bool]]:
 # Groups of e channels (tokens) per program of a PROJ launch, both kernels, one warp: the best of 4 to 32
 # at every stage shape of vim2_tiny in the H100 sweep recorded in BENCHMARKS.md.
 PROJ_GROUPS = 16
-
-
-def _config(directions):
-    """(BLOCK_D, BLOCK_N, CHUNK, num_warps, E): `block_sizes` and E = 1, or with the PROJ mode PROJ_GROUPS
-    groups of E = e channels per program."""
-    first = directions[0]
-    if first.proj is not None:
-        e = first.proj.Wx.shape[1]
-        return e * PROJ_GROUPS, triton.next_power_of_2(first.A.shape[1]), CHUNK, 1, e
-    dim = first.u.shape[1]
-    dpgs = _dpgs(dim, *(t for d in directions for t in (d.B, d.C)))
-    return *block_sizes(dim, first.u.shape[2], first.A.shape[1], dpgs), 1
 
 
 def _has_conv(proj) -> bool:
@@ -142,6 +130,8 @@ def _rows_for_32bit(tensors) -> int:
     """Batch rows per launch keeping every offset the kernels compute from a base pointer below 2**31 (a
     view such as B from a wide projection can span far more than its own element count)."""
     tensors = [t for t in tensors if t is not None and t.numel()]
+    if all(t.untyped_storage().nbytes() <= MAX_OFFSET * t.element_size() for t in tensors):
+        return MAX_OFFSET  # no offset into storages this small reaches 2**31 (strides are >= 0): no limit
     stride = max(t.stride(0) for t in tensors)
     extent = max(1 + sum((n - 1) * st for n, st in zip(t.shape[1:], t.stride()[1:])) for t in tensors)
     if extent > MAX_OFFSET:
@@ -150,14 +140,17 @@ def _rows_for_32bit(tensors) -> int:
     return (MAX_OFFSET - extent) // stride + 1
 
 
-def _row_slices(batch: int, rows_per_launch: int) -> list[slice]:
+def _row_slices(batch: int, rows_per_launch: int) -> list[slice | None]:
+    """The batch rows of each launch: [None] when one launch takes the whole batch."""
     step = max(1, min(rows_per_launch, MAX_GRID_Y))
+    if step >= batch:
+        return [None]
     return [slice(start, min(start + step, batch)) for start in range(0, batch, step)]
 
 
 def _rows(t, rows):
-    """t[rows] for a batch-major buffer; empty placeholders pass through."""
-    return t[rows] if t.numel() else t
+    """t[rows] for a batch-major buffer (t itself for rows None); empty placeholders pass through."""
+    return t if rows is None or not t.numel() else t[rows]
 
 
 def _groups(B):
@@ -169,7 +162,7 @@ def _dpgs(dim, *BCs):
 
 
 def _n_chunks(length, chunk):
-    return triton.cdiv(length, chunk)
+    return cdiv(length, chunk)
 
 
 def _token_major(u) -> bool:
@@ -186,14 +179,6 @@ def _empty_scan_layout(shape, token_major, **kwargs):
     return torch.empty(shape, **kwargs)
 
 
-def _split(u, proj, block_d, chunk) -> tuple[int, int]:
-    """`segments` for a launch of u (batch, dim, L); the PROJ mode is never split."""
-    batch, dim, length = u.shape
-    if proj is not None:
-        return 1, _n_chunks(length, chunk) * chunk
-    return segments(batch * triton.cdiv(dim, block_d), length, chunk, u.device)
-
-
 def _summaries(u, n, n_segs):
     """Per-segment summaries (batch, n_segs, N + 1, dim) float32 of a split direction; empty without split."""
     batch, dim, _ = u.shape
@@ -201,10 +186,49 @@ def _summaries(u, n, n_segs):
     return torch.empty(shape, dtype=torch.float32, device=u.device)
 
 
-def _meta(directions, delta_softplus, cols, block_d, block_n, warps) -> dict:
-    """The meta-parameters every S6 kernel takes."""
-    return dict(HAS_BIAS=directions[0].delta_bias is not None, SOFTPLUS=delta_softplus, COLS=cols > 0,
-                BLOCK_D=block_d, BLOCK_N=block_n, num_warps=warps)
+class LaunchPlan(NamedTuple):
+    """What a launch of one direction or a pair takes from its sizes and flags alone: BLOCK_D, BLOCK_N,
+    CHUNK, E (1, or the PROJ mode's group of e channels), the programs along the channels, the segments
+    (`segments`; the PROJ mode is never split), the kernels' `Sizes` and meta-parameters, and (RUN0, RUN1) of
+    each launch (`_runs`)."""
+
+    block_d: int
+    block_n: int
+    chunk: int
+    e: int
+    programs: int
+    n_segs: int
+    sizes: Sizes
+    meta: dict
+    runs: tuple
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan(batch, dim, length, n, dpgs, e, device, has_bias, softplus, cols, bidir, sizing, splitting) -> LaunchPlan:
+    """The `LaunchPlan`, cached: an eager call then spends no host time on it. e: 0, or the PROJ mode's group
+    size. sizing, splitting: `block_sizes` and `segments` as they are now, so that a stand-in for either (the
+    tests' small blocks, the sweeps' configurations) keys its own plans."""
+    if e:  # PROJ_GROUPS groups of e channels per program, one warp
+        block_d, block_n, chunk, warps = e * PROJ_GROUPS, next_power_of_2(n), CHUNK, 1
+        n_segs, seg_len = 1, _n_chunks(length, chunk) * chunk
+    else:
+        block_d, block_n, chunk, warps = sizing(dim, length, n, dpgs)
+        n_segs, seg_len = splitting(batch * cdiv(dim, block_d), length, chunk, device)
+    sizes = Sizes(dim, length, n, max(cols, 1), _n_chunks(length, chunk), seg_len, n_segs)
+    meta = dict(HAS_BIAS=has_bias, SOFTPLUS=softplus, COLS=cols > 0, BLOCK_D=block_d, BLOCK_N=block_n,
+                num_warps=warps)
+    return LaunchPlan(block_d, block_n, chunk, max(e, 1), cdiv(dim, block_d), n_segs, sizes, meta,
+                      tuple(_runs(bidir, n_segs)))
+
+
+def _plan_of(directions, delta_softplus, cols) -> LaunchPlan:
+    """The `LaunchPlan` of a launch of `directions` (one `ScanDirection` or a pair)."""
+    first = directions[0]
+    batch, dim, length = first.u.shape
+    e = 0 if first.proj is None else first.proj.Wx.shape[1]
+    dpgs = () if e else _dpgs(dim, *(t for d in directions for t in (d.B, d.C)))
+    return _plan(batch, dim, length, first.A.shape[1], dpgs, e, first.u.device, first.delta_bias is not None,
+                 delta_softplus, cols, len(directions) == 2, block_sizes, segments)
 
 
 def _run_fwd(directions, z, delta_softplus, reverse, save_states, cols):
@@ -216,33 +240,27 @@ def _run_fwd(directions, z, delta_softplus, reverse, save_states, cols):
     batch, dim, length = u.shape
     n = directions[0].A.shape[1]
     bidir = len(directions) == 2
-    block_d, block_n, chunk, warps, e = _config(directions)
-    chunks = _n_chunks(length, chunk)
-    n_segs, seg_len = _split(u, proj, block_d, chunk)
+    plan = _plan_of(directions, delta_softplus, cols)
+    f32 = dict(dtype=torch.float32, device=u.device)
     out = _empty_scan_layout(u.shape, _token_major(u), dtype=u.dtype, device=u.device)
-    last = torch.empty((0,) if bidir else (batch, dim, n), dtype=torch.float32, device=u.device)
-    states_shape = (batch, chunks, n, dim) if save_states else (0,)
-    states = [torch.empty(states_shape, dtype=torch.float32, device=u.device) for _ in directions]
-    summaries = [_summaries(u, n, n_segs) for _ in directions]
-    sizes = Sizes(dim, length, n, max(cols, 1), chunks, seg_len, n_segs)
-    meta = _meta(directions, delta_softplus, cols, block_d, block_n, warps)
+    last = torch.empty((0,) if bidir else (batch, dim, n), **f32)
+    states = [torch.empty((batch, plan.sizes.n_chunks, n, dim) if save_states else (0,), **f32) for _ in directions]
+    summaries = [_summaries(u, n, plan.n_segs) for _ in directions]
     tensors = [t for d in directions for t in (d.u, d.delta, d.B, d.C)] + [z, out, *states, *summaries]
+    flags = dict(HAS_D=directions[0].D is not None, HAS_Z=z is not None, REVERSE=reverse, BIDIR=bidir,
+                 SAVE_STATES=save_states, PROJ=proj is not None, CONV=_has_conv(proj), E=plan.e, CHUNK=plan.chunk)
     for rows in _row_slices(batch, _rows_for_32bit(tensors)):
         dirs = [d.kernel_args(rows, st, sm) for d, st, sm in zip(directions, states, summaries)]
-        gate = None if z is None else Seq.of(z[rows])
-        o = Seq.of(out[rows])
-        grid = (triton.cdiv(dim, block_d), o.ptr.shape[0], n_segs)
+        gate = None if z is None else Seq.of(_rows(z, rows))
+        o = Seq.of(_rows(out, rows))
+        grid = (plan.programs, o.ptr.shape[0], plan.n_segs)
         with launch_device(u):
-            for runs in _runs(bidir, n_segs):
+            for runs in plan.runs:
                 for d, run, rev in zip(dirs, runs, (reverse, True)):
-                    if run and n_segs > 1:
-                        s6_segment_states_kernel[grid[:2] + (n_segs - 1,)](d, sizes, REVERSE=rev, **meta)
-                s6_fwd_kernel[grid](
-                    dirs[0], dirs[1] if bidir else None, gate, o, None if bidir else last[rows], sizes,
-                    HAS_D=directions[0].D is not None, HAS_Z=z is not None, REVERSE=reverse, BIDIR=bidir, RUN0=runs[0],
-                    RUN1=runs[1], SAVE_STATES=save_states, PROJ=proj is not None, CONV=_has_conv(proj), E=e,
-                    CHUNK=chunk, **meta,
-                )
+                    if run and plan.n_segs > 1:
+                        s6_segment_states_kernel[grid[:2] + (plan.n_segs - 1,)](d, plan.sizes, REVERSE=rev, **plan.meta)
+                s6_fwd_kernel[grid](dirs[0], dirs[1] if bidir else None, gate, o, None if bidir else _rows(last, rows),
+                                    plan.sizes, RUN0=runs[0], RUN1=runs[1], **flags, **plan.meta)
     return out, last, states[0], states[-1] if bidir else torch.empty(0, device=u.device)
 
 
@@ -327,38 +345,34 @@ def _run_bwd(dout, states, directions, z, delta_softplus, reverse, cols=0):
     batch, dim, length = u.shape
     n = directions[0].A.shape[1]
     bidir = len(directions) == 2
-    block_d, block_n, chunk, warps, e = _config(directions)
-    programs = triton.cdiv(dim, block_d)
-    n_segs, seg_len = _split(u, proj, block_d, chunk)
-    grads = [_grad_buffers(d, n_segs) for d in directions]
-    summaries = [_summaries(u, n, n_segs) for _ in directions]
+    plan = _plan_of(directions, delta_softplus, cols)
+    grads = [_grad_buffers(d, plan.n_segs) for d in directions]
+    summaries = [_summaries(u, n, plan.n_segs) for _ in directions]
     token_major = _token_major(u)
     dz = None if z is None else _empty_scan_layout(u.shape, token_major, dtype=z.dtype, device=u.device)
-    per_row = programs * n_segs * chunk * block_d * (block_n + _has_conv(proj))
+    per_row = plan.programs * plan.n_segs * plan.chunk * plan.block_d * (plan.block_n + _has_conv(proj))
     tensors = ([t for d in directions for t in (d.u, d.delta, d.B, d.C)] + [dout, *states, z, dz, *summaries]
                + [t for g in grads for t in g])
     slices = _row_slices(batch, min(SCRATCH_FLOATS // per_row, _rows_for_32bit(tensors)))
-    scratch = torch.empty((slices[0].stop - slices[0].start) * per_row, dtype=torch.float32, device=u.device)
-    sizes = Sizes(dim, length, n, max(cols, 1), _n_chunks(length, chunk), seg_len, n_segs)
-    meta = _meta(directions, delta_softplus, cols, block_d, block_n, warps)
+    rows_per_launch = batch if slices[0] is None else slices[0].stop - slices[0].start
+    scratch = torch.empty(rows_per_launch * per_row, dtype=torch.float32, device=u.device)
+    flags = dict(HAS_D=directions[0].D is not None, HAS_Z=z is not None, REVERSE=reverse, TOKEN_MAJOR=token_major,
+                 PROJ=proj is not None, CONV=_has_conv(proj), E=plan.e, CHUNK=plan.chunk)
     for rows in slices:
         dirs = [d.kernel_args(rows, st, sm) for d, st, sm in zip(directions, states, summaries)]
-        dir_grads = [Gradients(*(None if t is None else t[rows] for t in g)) for g in grads]
-        gate = None if z is None else Seq.of(z[rows])
-        do = Seq.of(dout[rows])
-        grid = (programs, do.ptr.shape[0], n_segs)
+        dir_grads = [Gradients(*(None if t is None else _rows(t, rows) for t in g)) for g in grads]
+        gate = None if z is None else Seq.of(_rows(z, rows))
+        do = Seq.of(_rows(dout, rows))
+        grid = (plan.programs, do.ptr.shape[0], plan.n_segs)
         with launch_device(u):
-            for runs in _runs(bidir, n_segs):
+            for runs in plan.runs:
                 for d, run, rev in zip(dirs, runs, (reverse, True)):
-                    if run and n_segs > 1:
-                        s6_segment_adjoints_kernel[grid[:2] + (n_segs - 1,)](
-                            d, gate, do, sizes, GATE=z is not None, REVERSE=rev, **meta)
-                s6_bwd_kernel[grid](
-                    dirs[0], dir_grads[0], dirs[1] if bidir else None, dir_grads[1] if bidir else None, gate, do,
-                    None if dz is None else dz[rows], scratch, sizes, HAS_D=directions[0].D is not None,
-                    HAS_Z=z is not None, REVERSE=reverse, RUN0=runs[0], RUN1=runs[1], TOKEN_MAJOR=token_major,
-                    PROJ=proj is not None, CONV=_has_conv(proj), E=e, CHUNK=chunk, **meta,
-                )
+                    if run and plan.n_segs > 1:
+                        s6_segment_adjoints_kernel[grid[:2] + (plan.n_segs - 1,)](
+                            d, gate, do, plan.sizes, GATE=z is not None, REVERSE=rev, **plan.meta)
+                s6_bwd_kernel[grid](dirs[0], dir_grads[0], dirs[1] if bidir else None, dir_grads[1] if bidir else None,
+                                    gate, do, None if dz is None else _rows(dz, rows), scratch, plan.sizes,
+                                    RUN0=runs[0], RUN1=runs[1], **flags, **plan.meta)
     return grads, dz
 
 
@@ -449,7 +463,7 @@ class _EagerScan(torch.autograd.Function):
 def _check_row_scratch(u, A):
     """The kernels index with 32-bit offsets; the launchers slice the batch so that offsets from each slice's
     base fit, which leaves one batch row's backward scratch (dim * CHUNK * (N + 1) floats at most) as the limit."""
-    if u.shape[1] * CHUNK * (triton.next_power_of_2(A.shape[1]) + 1) >= 2**31:
+    if u.shape[1] * CHUNK * (next_power_of_2(A.shape[1]) + 1) >= 2**31:
         raise ValueError(f"u: the Triton kernels take dim * {CHUNK} * (N + 1) below 2**31, got shape "
                          f"{tuple(u.shape)} with N={A.shape[1]}; use backend='torch'")
 

@@ -7,15 +7,14 @@ the z gate to the caller, so PyTorch's autograd differentiates those elementwise
 from __future__ import annotations
 
 import torch
-import triton
 
-from .._backend import launch_device
+from .._backend import cdiv, launch_device, next_power_of_2
 from .triton_kernels import ssd_bwd_kernel, ssd_fwd_kernel
 
 
 def _padded(headdim: int, d_state: int) -> tuple[int, int]:
     """P and N padded to powers of two of at least 16 (tl.dot's minimum)."""
-    return max(16, triton.next_power_of_2(headdim)), max(16, triton.next_power_of_2(d_state))
+    return max(16, next_power_of_2(headdim)), max(16, next_power_of_2(d_state))
 
 
 def fits(headdim: int, d_state: int) -> bool:
@@ -46,7 +45,7 @@ def _config(x, B, C, chunk):
 
 def _shape_args(x, B, chunk_size):
     batch, length, heads, p = x.shape
-    return [length, heads, p, B.shape[3], heads // B.shape[2], triton.cdiv(length, chunk_size)]
+    return [length, heads, p, B.shape[3], heads // B.shape[2], cdiv(length, chunk_size)]
 
 
 def _seq_args(seq):
@@ -64,7 +63,7 @@ def ssd_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
     scan order, or None."""
     batch, length, heads, p = x.shape
     n = B.shape[3]
-    chunks = triton.cdiv(length, chunk_size)
+    chunks = cdiv(length, chunk_size)
     f32 = dict(dtype=torch.float32, device=x.device)
     y = torch.empty(batch, length, heads, p, **f32)
     states = torch.empty((batch, chunks, heads, p, n) if save_states else (0,), **f32)
@@ -84,7 +83,7 @@ def _(x, dt, A, B, C, initial_states, seq, chunk_size, reverse, save_states):
     n = B.shape[3]
     f32 = dict(dtype=torch.float32)
     return (x.new_empty(batch, length, heads, p, **f32),
-            x.new_empty((batch, triton.cdiv(length, chunk_size), heads, p, n) if save_states else (0,), **f32),
+            x.new_empty((batch, cdiv(length, chunk_size), heads, p, n) if save_states else (0,), **f32),
             x.new_empty(batch, heads, p, n, **f32))
 
 

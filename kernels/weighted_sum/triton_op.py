@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-import triton
 
-from .._backend import launch_device
+from .._backend import cdiv, launch_device
 from .triton_kernels import GROUP, weighted_sum_bwd_kernel, weighted_sum_fwd_kernel
 
 BLOCK = 1024  # elements per program (4 warps, 8 per thread)
@@ -32,7 +31,7 @@ def weighted_sum_fwd(weights: torch.Tensor, tensors: list[torch.Tensor]) -> torc
     w = weights.detach().to(torch.float32).contiguous()
     with launch_device(out):
         for start, group, args in _groups(tensors):
-            weighted_sum_fwd_kernel[(triton.cdiv(numel, BLOCK),)](
+            weighted_sum_fwd_kernel[(cdiv(numel, BLOCK),)](
                 out, w[start:], *args, numel, K=len(group), ACCUMULATE=start > 0, BLOCK=BLOCK, num_warps=WARPS)
     return out.to(dtype)
 
@@ -41,7 +40,7 @@ def weighted_sum_bwd(grad: torch.Tensor, weights: torch.Tensor, tensors: list[to
     """(d weights (k,) in weights' dtype, [d tensors[j] = weights[j] grad in tensors[j]'s dtype])."""
     grad = grad.contiguous()
     numel = grad.numel()
-    programs = triton.cdiv(numel, BLOCK)
+    programs = cdiv(numel, BLOCK)
     w = weights.detach().to(torch.float32).contiguous()
     dxs = [torch.empty_like(t) for t in tensors]
     dw = []
