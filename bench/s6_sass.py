@@ -126,7 +126,8 @@ def main() -> None:
         seen.add(key)
         name = f"{kernel.fn.__name__}_cols{int(kwargs['COLS'])}_proj{int(kwargs.get('PROJ', 0))}_{len(seen)}"
         compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=TARGET,
-                                  options={"num_warps": kwargs.get("num_warps", 4)})
+                                  options={"num_warps": kwargs.get("num_warps", 4),
+                                           "maxnreg": kwargs.get("maxnreg")})
         ttgir, ptx = compiled.asm["ttgir"], compiled.asm["ptx"]
         cubin = os.path.join(args.out or "/tmp", name + ".cubin")
         os.makedirs(os.path.dirname(cubin), exist_ok=True)

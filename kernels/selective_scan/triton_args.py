@@ -78,7 +78,7 @@ class Direction(NamedTuple):
 class Gradients(NamedTuple):
     """One direction's gradient buffers for some batch rows. du, ddelta: (batch, dim, L) in the inputs' dtypes,
     contiguous, or (batch, L, dim) for token-major inputs; dB, dC: float32 (batch, G, N, L) (token-major:
-    (batch, G, L, N)) added to atomically; dA (batch, n_segs, dim, N), dD, d_delta_bias (batch, n_segs, dim):
+    (batch, G, L, N)) added to atomically; dA (batch, n_segs, N, dim), dD, d_delta_bias (batch, n_segs, dim):
     float32 per-segment sums. PROJ (never split; no ddelta, dB, dC): dWx (batch, dim, 1 + 2N), dw_dt (batch,
     dim), and with a conv d_conv_weight (batch, dim, 4) by lag and d_conv_bias (batch, dim), float32
     per-channel sums."""

@@ -23,6 +23,11 @@ from .triton_kernels import s6_bwd_kernel, s6_fwd_kernel, s6_segment_adjoints_ke
 # a time into its scratch (both modes; picked from the H100 sweeps recorded in BENCHMARKS.md).
 CHUNK = 32
 
+# Registers per thread the backward of the plain and paired scans may use (ptxas's maxnreg; None leaves it to the
+# compiler, which takes about 230 and so fits 8 one-warp programs per SM). At 200 it fits 10 without spilling
+# (`bench/s6_sass.py`); picked from the H100 sweep recorded in BENCHMARKS.md. The PROJ backward needs all 255.
+BWD_MAX_REGISTERS = 200
+
 
 def block_sizes(dim: int, length: int, n: int, dpgs: tuple[int, ...]) -> tuple[int, int, int, int]:
     """(BLOCK_D, BLOCK_N, CHUNK, num_warps) for a scan of `dim` channels, `length` steps and N = `n`.
@@ -303,8 +308,8 @@ def _(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D
 def _grad_buffers(direction: ScanDirection, n_segs: int) -> Gradients:
     """A direction's `Gradients` over the whole batch: du, ddelta in the inputs' dtypes and u's layout; dB, dC
     float32 zeros (added to atomically); dA, dD, d_delta_bias float32 per-segment partials (batch, n_segs, dim,
-    ...). PROJ (never split): dA, dD, d_delta_bias, dWx, dw_dt (and the conv's) float32 per-sequence partials
-    (batch, dim, ...), no ddelta, dB, dC."""
+    ...), dA as (batch, n_segs, N, dim). PROJ (never split): dA, dD, d_delta_bias, dWx, dw_dt (and the conv's)
+    float32 per-sequence partials (batch, dim, ...), dA as (batch, N, dim), no ddelta, dB, dC."""
     u, proj = direction.u, direction.proj
     batch, dim, length = u.shape
     n = direction.A.shape[1]
@@ -312,7 +317,7 @@ def _grad_buffers(direction: ScanDirection, n_segs: int) -> Gradients:
     token_major = _token_major(u)
     du = _empty_scan_layout(u.shape, token_major, dtype=u.dtype, device=u.device)
     rows = (batch,) if proj is not None else (batch, n_segs)
-    sums = dict(dA=torch.empty(*rows, dim, n, **f32), dD=torch.empty(*rows, dim, **f32),
+    sums = dict(dA=torch.empty(*rows, n, dim, **f32), dD=torch.empty(*rows, dim, **f32),
                 d_delta_bias=torch.empty(*rows, dim, **f32))
     if proj is not None:
         conv = _has_conv(proj)
@@ -335,7 +340,7 @@ def _finish_grads(grads: Gradients, direction: ScanDirection) -> list:
     dC = (grads.dC if C.dim() == 4 else grads.dC[:, 0]).to(C.dtype)
     dD = du.new_empty(0) if D is None else grads.dD.sum((0, 1)).to(D.dtype)
     dbias = du.new_empty(0) if delta_bias is None else grads.d_delta_bias.sum((0, 1)).to(delta_bias.dtype)
-    return [du, grads.ddelta, grads.dA.sum((0, 1)).to(A.dtype), dB, dC, dD, dbias]
+    return [du, grads.ddelta, grads.dA.sum((0, 1)).T.contiguous().to(A.dtype), dB, dC, dD, dbias]
 
 
 def _run_bwd(dout, states, directions, z, delta_softplus, reverse, cols=0):
@@ -372,7 +377,8 @@ def _run_bwd(dout, states, directions, z, delta_softplus, reverse, cols=0):
                             d, gate, do, plan.sizes, GATE=z is not None, REVERSE=rev, **plan.meta)
                 s6_bwd_kernel[grid](dirs[0], dir_grads[0], dirs[1] if bidir else None, dir_grads[1] if bidir else None,
                                     gate, do, None if dz is None else _rows(dz, rows), scratch, plan.sizes,
-                                    RUN0=runs[0], RUN1=runs[1], **flags, **plan.meta)
+                                    RUN0=runs[0], RUN1=runs[1], **flags, **plan.meta,
+                                    maxnreg=None if flags["PROJ"] else BWD_MAX_REGISTERS)
     return grads, dz
 
 
@@ -541,7 +547,7 @@ def _projected_bwd(dout, states, states_rev, z, *inputs):
     per_direction = (inputs[:6], inputs[6:12])
     convs = (inputs[12:14], inputs[14:16])
     for g, (_, A, Wx, wdt, D, bias), (cw, cb), reverse in zip(grads, per_direction, convs, (False, True)):
-        out += [g.du, _per_weight(g.dA, e).to(A.dtype), _per_weight(g.dWx, e).T.contiguous().to(Wx.dtype),
+        out += [g.du, _per_weight(g.dA.transpose(1, 2), e).contiguous().to(A.dtype), _per_weight(g.dWx, e).T.contiguous().to(Wx.dtype),
                 _per_weight(g.dw_dt, e).to(wdt.dtype), _per_weight(g.dD, e).to(D.dtype),
                 _per_weight(g.d_delta_bias, e).to(bias.dtype)]
         if cw is None:
