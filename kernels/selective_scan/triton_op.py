@@ -547,8 +547,9 @@ def _projected_bwd(dout, states, states_rev, z, *inputs):
     per_direction = (inputs[:6], inputs[6:12])
     convs = (inputs[12:14], inputs[14:16])
     for g, (_, A, Wx, wdt, D, bias), (cw, cb), reverse in zip(grads, per_direction, convs, (False, True)):
-        out += [g.du, _per_weight(g.dA.transpose(1, 2), e).contiguous().to(A.dtype), _per_weight(g.dWx, e).T.contiguous().to(Wx.dtype),
-                _per_weight(g.dw_dt, e).to(wdt.dtype), _per_weight(g.dD, e).to(D.dtype),
+        out += [g.du, _per_weight(g.dA.transpose(1, 2), e).contiguous().to(A.dtype),
+                _per_weight(g.dWx, e).T.contiguous().to(Wx.dtype), _per_weight(g.dw_dt, e).to(wdt.dtype),
+                _per_weight(g.dD, e).to(D.dtype),
                 _per_weight(g.d_delta_bias, e).to(bias.dtype)]
         if cw is None:
             conv_grads += [g.du.new_empty(0), g.du.new_empty(0)]
