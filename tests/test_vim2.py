@@ -143,7 +143,7 @@ def test_timm_head_api_and_pretrained_cfg():
 
 @pytest.mark.slow
 def test_bf16_autocast_and_compile():
-    model = ViM2(num_classes=3, dims=(8, 16), depths=(1, 1))
+    model = ViM2(num_classes=3, dims=(8,), depths=(1,))  # one stage: tracing the CPU scans dominates the time
     x = torch.randn(2, 3, 32, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = model(x)
