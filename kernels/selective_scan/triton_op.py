@@ -23,10 +23,11 @@ from .triton_kernels import s6_bwd_kernel, s6_fwd_kernel, s6_segment_adjoints_ke
 # a time into its scratch (both modes; picked from the H100 sweeps recorded in BENCHMARKS.md).
 CHUNK = 32
 
-# Registers per thread the backward of the plain and paired scans may use (ptxas's maxnreg; None leaves it to the
-# compiler, which takes about 230 and so fits 8 one-warp programs per SM). At 200 it fits 10 without spilling
-# (`bench/s6_sass.py`); picked from the H100 sweep recorded in BENCHMARKS.md. The PROJ backward needs all 255.
-BWD_MAX_REGISTERS = 200
+# Registers per thread the backward of the plain and paired scans may use (ptxas's maxnreg), None: the compiler's
+# choice, about 230, which fits 8 one-warp programs per SM. A cap of 200 fits 10 and compiles without spills
+# (`bench/s6_sass.py`), but has not been timed on a GPU: `bench/s6_launch_sweep.py` sweeps it. The PROJ
+# backward needs all 255 and is never capped.
+BWD_MAX_REGISTERS = None
 
 
 def block_sizes(dim: int, length: int, n: int, dpgs: tuple[int, ...]) -> tuple[int, int, int, int]:
