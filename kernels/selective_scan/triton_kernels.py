@@ -600,7 +600,7 @@ def _scan_bwd_direction(
     else:
         base = base * BLOCK_N
     h_ptr = scratch + base + offs_n[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
-    # The first update g = a_next g + C dy takes what the later segments pass in (a_next = 1).
+    # a_{t+1} g_{t+1} entering the segment's last step: what the later segments pass in (zero without a split).
     ag = _entering_adjoint(d.summaries, A2, pid_b, pid_s, n_segs, dim, N, offs_d, offs_n, mask_d, mask_dn, BLOCK_D,
                            BLOCK_N)
     dA_ptr = grads.dA + (row * N + offs_n[:, None]) * dim + offs_d[None, :]
