@@ -1,6 +1,9 @@
 """Tuned settings (utils/tuned.py): a search's best overrides saved per (experiment, data, input length,
 horizon) and applied under the command line."""
 
+import importlib.util
+import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -75,3 +78,46 @@ def test_save_writes_the_searchs_best_as_the_tuned_file(tmp_path):
 def test_save_names_a_folder_that_is_not_a_finished_search(tmp_path):
     with pytest.raises(FileNotFoundError, match="optimization_results.yaml: not found"):
         save_tuned(tmp_path)
+
+
+def _search_module():
+    spec = importlib.util.spec_from_file_location("tsm2_search", ROOT / "bench" / "tsm2_search.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_search_resumed_across_calls_asks_what_one_call_would(tmp_path, monkeypatch):
+    """bench/tsm2_search.py: trials stopped at a call's end are forgotten, the next call restores the finished
+    ones and the sampler, and the whole search equals an uninterrupted one; the finished search writes the
+    sweeper's optimization_results.yaml."""
+    search = _search_module()
+    config = search.search_config(seed=2024)
+    config["n_trials"] = 12  # past the sampler's 8 random startup trials, into TPE
+
+    def fake_trial(stop_at):
+        def run(experiment, pred_len, params, overrides, run_dir, deadline):
+            if stop_at is not None and run_dir.name == str(stop_at):
+                return "STOPPED", {}
+            if params["model.depth"] == 1:
+                return "FAIL", {"error": "out of memory"}
+            value = params["task.optimizer.lr"] * 100 + params["model.dropout"] + params["model.d_model"] / 128
+            return "COMPLETE", {"val/mse_best": value, "test/mse": value}
+        return run
+
+    def trials(out):
+        return json.loads((out / "tsm2_etth1_L512_H96" / "trials.json").read_text())
+
+    monkeypatch.setattr(search, "run_trial", fake_trial(None))
+    whole = search.search("tsm2_etth1", 96, 512, config, [], tmp_path / "a", float("inf"), threading.Lock())
+    for stop_at in (3, 9, None):  # three calls, the first two cut off
+        monkeypatch.setattr(search, "run_trial", fake_trial(stop_at))
+        parts = search.search("tsm2_etth1", 96, 512, config, [], tmp_path / "b", float("inf"), threading.Lock())
+        assert len(trials(tmp_path / "b")) == (stop_at or 12)
+    strip = [[{k: t[k] for k in ("number", "params", "state", "value")} for t in trials(tmp_path / out)]
+             for out in ("a", "b")]
+    assert strip[0] == strip[1] and len({str(t["params"]) for t in strip[0]}) == 12
+    assert {t["state"] for t in strip[0]} == {"COMPLETE", "FAIL"}
+    assert parts["best"] == whole["best"] and parts["trials"] == 12 and parts["failed"] == whole["failed"] > 0
+    results = OmegaConf.load(tmp_path / "b" / "tsm2_etth1_L512_H96" / "optimization_results.yaml")
+    assert results.best_value == whole["best"]["value"] and results.best_params == whole["best"]["params"]
