@@ -9,12 +9,12 @@ objective (`optimized_metric`, the best validation MSE) are read from conf/hpara
 A trial is `python train.py experiment=E data.pred_len=H use_tuned=false <its parameters> <overrides>` in
 its own process and folder, DIR/<study>/<trial number>; its checkpoints are deleted once it ends.
 
-Finished trials are written to DIR/<study>/trials.json as they end, with the sampler's state. A call finds the
-trials of earlier calls there and gives them to the study, and the sampler as they left it, before asking
-for more, so a search longer than one call runs in several and asks what one call would have. Trials still running after --stop-after seconds are stopped and
-forgotten. A study with all its trials writes DIR/<study>/optimization_results.yaml as the sweeper does, so
-`python -m mambamixer.utils.tuned DIR/<study>` saves its best settings to conf/tuned/. Prints a table and
-writes DIR/tsm2_search.json.
+Finished trials are written to DIR/<study>/trials.json as they end, with the sampler's state. A call finds
+the trials of earlier calls there and gives them to the study, and the sampler as they left it, before
+asking for more, so a search longer than one call runs in several and asks what one call would have.
+Trials still running after --stop-after seconds are stopped and forgotten. A study with all its trials
+writes DIR/<study>/optimization_results.yaml as the sweeper does, so `python -m mambamixer.utils.tuned
+DIR/<study>` saves its best settings to conf/tuned/. Prints a table and writes DIR/tsm2_search.json.
 """
 
 from __future__ import annotations
