@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ..kernels import selective_scan_bidirectional_fn
 from .selective_ssm import check_ssd_heads, scan_direction
@@ -52,24 +53,35 @@ class CrossScanSSM(nn.Module):
         )
         self.out_proj = nn.Linear(d_inner, dim, bias=bias)
 
+    def _in_bias(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        return (None, None) if self.in_proj.bias is None else self.in_proj.bias.chunk(2)
+
+    def _conv_silu(self, u: torch.Tensor) -> torch.Tensor:
+        return F.silu(self.conv2d(u))
+
     def _s6_orders(self, u: torch.Tensor, z: torch.Tensor, height: int) -> torch.Tensor:
         """u, z: (batch, L, d_inner), the tokens row-major -> the four scans' gated sum, (batch, L, d_inner)."""
         params = F.linear(u, torch.cat([direction.x_proj.weight for direction in self.directions]))
-        per_direction = [direction.scan_args(u.mT, p)  # p: (batch, L, dt_rank + 2N)
-                         for direction, p in zip(self.directions, params.chunk(4, dim=-1))]
+        fwd_row, bwd_row, fwd_col, bwd_col = (direction.scan_args(u.mT, p)  # p: (batch, L, dt_rank + 2N)
+                                              for direction, p in zip(self.directions, params.chunk(4, dim=-1)))
         backend = self.directions[0].backend
-        rows = selective_scan_bidirectional_fn(*zip(*per_direction[:2]), z=z.mT, delta_softplus=True, backend=backend)
-        cols = selective_scan_bidirectional_fn(*zip(*per_direction[2:]), z=z.mT, delta_softplus=True,
-                                               column_grid_height=height, backend=backend)
+        rows = selective_scan_bidirectional_fn(**{k: (fwd_row[k], bwd_row[k]) for k in fwd_row}, z=z.mT,
+                                               delta_softplus=True, backend=backend)
+        cols = selective_scan_bidirectional_fn(**{k: (fwd_col[k], bwd_col[k]) for k in fwd_col}, z=z.mT,
+                                               delta_softplus=True, column_grid_height=height, backend=backend)
         return (rows + cols).mT
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[-1] != self.dim:
             raise ValueError(f"x: expected shape (batch, H, W, dim={self.dim}), got {tuple(x.shape)}")
         batch, height, width, _ = x.shape
-        u, z = self.in_proj(x).chunk(2, dim=-1)  # each (batch, H, W, d_inner)
-        # The depthwise conv on channels-last memory, so u stays (batch, H, W, d_inner) in memory.
-        u = F.silu(self.conv2d(u.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last))).permute(0, 2, 3, 1)
+        # x and the gate z as two GEMMs (in_proj's halves), each (batch, H, W, d_inner) in its own memory: the
+        # conv reads u in place (channels-last) and the scan keeps z alone for its backward, not both halves.
+        u, z = (F.linear(x, w, b) for w, b in zip(self.in_proj.weight.chunk(2), self._in_bias()))
+        # The depthwise conv and SiLU on channels-last memory, recomputed in the backward from u, which the
+        # conv keeps anyway, rather than saving the conv's output for SiLU's backward.
+        u = checkpoint(self._conv_silu, u.permute(0, 3, 1, 2), use_reentrant=False,
+                       preserve_rng_state=False).permute(0, 2, 3, 1)
         if self.ssm == "s6":
             y = self._s6_orders(u.reshape(batch, height * width, -1), z.reshape(batch, height * width, -1), height)
             return self.out_proj(y).view(batch, height, width, self.dim)

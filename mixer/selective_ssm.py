@@ -102,17 +102,19 @@ class S6Direction(_Direction):
         """(d_inner, d_state) float32, negative."""
         return -torch.exp(self.A_log.float())
 
-    def scan_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """x (batch, d_inner, L) -> the scan's (u, delta, A, B, C, D, delta_bias), softplus to be applied."""
+    def scan_inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """x (batch, d_inner, L) -> the scan's keyword arguments (`scan_args`)."""
         u = self.activate(x)
         return self.scan_args(u, self.x_proj(u.transpose(1, 2)))
 
-    def scan_args(self, u: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """u (batch, d_inner, L) and its x-projection params (batch, L, dt_rank + 2N) -> the scan's
-        (u, delta, A, B, C, D, delta_bias), softplus to be applied."""
+    def scan_args(self, u: torch.Tensor, params: torch.Tensor) -> dict[str, torch.Tensor]:
+        """u (batch, d_inner, L) and its x-projection params (batch, L, dt_rank + 2N) -> the scan's keyword
+        arguments u, delta, A, B, C, D, delta_bias and delta_proj_weight, softplus to be applied. delta is the
+        low-rank dt (batch, dt_rank, L) with dt_proj's weight as delta_proj_weight: the op forms the
+        (batch, d_inner, L) delta itself and does not keep it for the backward."""
         dt, B, C = params.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)
-        return u, delta, self.A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), self.dt_proj.bias.float()
+        return dict(u=u, delta=dt.transpose(1, 2), A=self.A, B=B.transpose(1, 2), C=C.transpose(1, 2),
+                    D=self.D.float(), delta_bias=self.dt_proj.bias.float(), delta_proj_weight=self.dt_proj.weight)
 
     def projected_args(self) -> tuple[torch.Tensor | None, ...]:
         """The direction's weights as `selective_scan_projected_bidirectional_fn` takes them, for d_inner = e
@@ -122,8 +124,8 @@ class S6Direction(_Direction):
                 *conv)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        u, delta, A, B, C, D, bias = self.scan_inputs(x)
-        return selective_scan_fn(u, delta, A, B, C, D, z, bias, True, reverse=self.reverse, backend=self.backend)
+        return selective_scan_fn(**self.scan_inputs(x), z=z, delta_softplus=True, reverse=self.reverse,
+                                 backend=self.backend)
 
     def allocate_state(self, batch: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Zero (conv window (batch, d_inner, d_conv - 1), SSM state (batch, d_inner, d_state)), float32."""
@@ -255,7 +257,7 @@ class SelectiveSSM(nn.Module):
         x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # each (batch, d_inner, L)
         if state is None and self.bidirectional and self.ssm == "s6":
             fwd, bwd = (direction.scan_inputs(x) for direction in self.directions)
-            y = selective_scan_bidirectional_fn(*zip(fwd, bwd), z=z, delta_softplus=True,
+            y = selective_scan_bidirectional_fn(**{k: (fwd[k], bwd[k]) for k in fwd}, z=z, delta_softplus=True,
                                                 backend=self.directions[0].backend)
         elif state is None:
             y = sum(direction(x, z) for direction in self.directions)

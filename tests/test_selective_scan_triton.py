@@ -171,6 +171,70 @@ def test_fused_bidirectional_matches_two_scans(request, monkeypatch, length, spl
         assert (rel_err(g_tri[name], g_ref[name]) if scale > 0 else g_tri[name].norm().item()) < 1e-5, name
 
 
+def low_rank(a, rank=2, seed=30):
+    """`a` with delta given low-rank: delta (batch, rank, L) and delta_proj_weight (dim, rank), float64."""
+    g = torch.Generator().manual_seed(seed)
+    batch, dim, length = a["u"].shape
+    low = torch.randn(batch, rank, length, generator=g, dtype=torch.float64)
+    return {**a, "delta": low, "delta_proj_weight": torch.randn(dim, rank, generator=g, dtype=torch.float64) / 2}
+
+
+@pytest.mark.parametrize("layout", ["channels", "tokens"])
+@pytest.mark.parametrize("pair", [False, True])
+def test_low_rank_delta_matches_its_full_delta(small_blocks, layout, pair):
+    """delta given low-rank with its projection weight, formed in the op and again in the backward, against
+    the float64 recurrence on the full delta: output and every gradient, the weight's included, for one
+    direction and the fused pair; and the op saves no (batch, dim, L) delta for the backward."""
+    a = low_rank(s6_inputs(dim=5, length=11, groups=None, seed=31))
+    b = low_rank(s6_inputs(dim=5, length=11, groups=None, seed=32), seed=33)
+    z = a.pop("z")
+    b.pop("z")
+    if layout == "tokens":
+        a, b = ({k: token_major(v) if k in SCAN_LAYOUT else v for k, v in d.items()} for d in (a, b))
+        z = token_major(z)
+    names = (*NAMES, "delta_proj_weight")
+    leaves = with_grad({**{k + "0": a[k] for k in names}, **{k + "1": b[k] for k in names}, "z": z})
+
+    def full(i):
+        d = {k: leaves[k + str(i)] for k in NAMES}
+        return {**d, "delta": torch.einsum("dr,brl->bdl", leaves[f"delta_proj_weight{i}"], d["delta"])}
+
+    ref = selective_scan_ref(**full(0), delta_softplus=True)
+    if pair:
+        ref = ref + selective_scan_ref(**full(1), delta_softplus=True, reverse=True)
+    ref = ref * F.silu(leaves["z"])
+    tri = with_grad(as_float(leaves))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        if pair:
+            out = selective_scan_bidirectional_fn(*[(tri[k + "0"], tri[k + "1"]) for k in NAMES], z=tri["z"],
+                                                  delta_softplus=True, backend="triton",
+                                                  delta_proj_weight=(tri["delta_proj_weight0"],
+                                                                     tri["delta_proj_weight1"]))
+        else:
+            out = selective_scan_fn(**{k: tri[k + "0"] for k in names}, z=tri["z"], delta_softplus=True,
+                                    backend="triton")
+    used = [k for k in tri if pair or k.endswith("0") or k == "z"]
+    tri = {k: tri[k] for k in used}
+    assert rel_err(out, ref) < 1e-5
+    assert saved.count(a["u"].shape) == 2 + pair  # u, z (and u_rev): no full delta
+    g_tri, g_ref = grads(out.double(), tri), grads(ref, {k: leaves[k] for k in used})
+    for name in g_tri:
+        assert rel_err(g_tri[name], g_ref[name]) < 1e-5, name
+        assert g_tri[name].stride() == tri[name].stride() or name.startswith("delta_proj"), name
+
+
+def test_low_rank_delta_is_checked():
+    a = low_rank(as_float(s6_inputs(dim=4, length=6, seed=34)))
+    with pytest.raises(ValueError, match=r"delta: expected shape \(batch, rank, L\)"):
+        selective_scan_fn(**{**a, "delta": a["delta"][:, :1]}, backend="triton")
+    with pytest.raises(ValueError, match=r"delta_proj_weight: expected shape \(dim, rank\)"):
+        selective_scan_fn(**{**a, "delta_proj_weight": a["delta_proj_weight"][:3]}, backend="triton")
+    pair = [(v, v) for v in (a[k] for k in NAMES)]
+    with pytest.raises(ValueError, match="delta_proj_weight: give it for both directions or for neither"):
+        selective_scan_bidirectional_fn(*pair, delta_proj_weight=(a["delta_proj_weight"], None), backend="triton")
+
+
 def test_bidirectional_layer_same_on_both_backends():
     torch.manual_seed(0)
     assert_backends_agree(SelectiveSSM(8, d_state=4, bidirectional=True, causal=False), torch.randn(2, 9, 8))
@@ -278,17 +342,20 @@ def check_column_order(height, width, layout, backend):
 def test_scan_custom_ops_pass_opcheck(layout, cols):
     """Schema, fake tensors (shapes and the layout-following strides) and autograd registration of
     mambamixer::selective_scan_fwd / _bwd, fused pair: each layout once, one in row and one in column
-    order (the fake tensors do not depend on the order). The AOT-dispatch check, which does not depend on
-    the layout and takes most of the time under the interpreter, runs on the first layout only."""
+    order (the fake tensors do not depend on the order), the second with low-rank deltas. The AOT-dispatch
+    check, which does not depend on the layout and takes most of the time under the interpreter, runs on the
+    first layout only."""
     utils = OPCHECK_UTILS if layout == "channels" else OPCHECK_UTILS[:3]
     pair = [as_float(s6_inputs(length=12, seed=seed)) for seed in (17, 18)]
-    if layout == "tokens":
-        pair = [{k: token_major(v) if k in SCAN_LAYOUT else v for k, v in d.items()} for d in pair]
+    weights = (None, None)
+    if layout == "tokens":  # and delta low-rank, its full delta formed in the ops
+        pair = [{k: token_major(v) if k in SCAN_LAYOUT else v for k, v in as_float(low_rank(d, seed=i)).items()}
+                for i, d in enumerate(pair)]
+        weights = tuple(d.pop("delta_proj_weight").requires_grad_(True) for d in pair)
     pair = [with_grad(d) for d in pair]
-    tensors = (*[d[k] for d in pair for k in NAMES], pair[0]["z"])
+    tensors = (*[d[k] for d in pair for k in NAMES], pair[0]["z"], *weights)
     torch.library.opcheck(triton_op.selective_scan_fwd, (*tensors, True, False, True, cols), test_utils=utils)
     out, _, states, states_rev = triton_op.selective_scan_fwd(*tensors, True, False, True, cols)
     dout = torch.randn_like(out)  # no double backward: the backward op's inputs do not require grad
-    torch.library.opcheck(triton_op.selective_scan_bwd,
-                          (*[t.detach() for t in (dout, states, states_rev, *tensors)], True, False, cols),
-                          test_utils=utils)
+    detached = [t if t is None else t.detach() for t in (dout, states, states_rev, *tensors)]
+    torch.library.opcheck(triton_op.selective_scan_bwd, (*detached, True, False, cols), test_utils=utils)

@@ -16,7 +16,9 @@ PARAMS = {"vim2_tiny": (19_346_044, 20e6), "vim2_small": (44_536_153, 43e6), "vi
 
 def reference_scan(direction, u, z, reverse):
     """One S6 direction by the float64 recurrence on (batch, d, L) inputs; reverse = flip, scan, flip back."""
-    uu, delta, A, B, C, D, bias = direction.scan_inputs(u)
+    a = direction.scan_inputs(u)
+    uu, A, B, C, D, bias = (a[k] for k in ("u", "A", "B", "C", "D", "delta_bias"))
+    delta = torch.einsum("dr,brl->bdl", a["delta_proj_weight"], a["delta"])  # from the low-rank dt
     if reverse:
         uu, delta, B, C, z = (t.flip(-1) for t in (uu, delta, B, C, z))
     y = selective_scan_ref(uu, delta, A, B, C, D, z, bias, delta_softplus=True)
@@ -165,6 +167,31 @@ def test_training_step_on_the_kernels_traces_to_one_graph():
 
     explained = torch._dynamo.explain(step)(torch.randn(2, 3, 32, 32))
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+def test_token_mixer_keeps_only_what_its_backward_needs():
+    """What CrossScanSSM saves for the backward on the kernels under bf16 autocast, in bytes: x (in_proj's
+    input), u before and after the conv and SiLU (recomputed in the backward, not saved between them), z, the
+    x-projection, the four directions' states (one per 32 steps) and out_proj's input. No full delta (the
+    scans form it from the low-rank dt), no second copy of in_proj's output."""
+    batch, height, width, dim, n = 2, 4, 5, 8, 4
+    layer = CrossScanSSM(dim, d_state=n, backend="triton")
+    tokens, d_inner = batch * height * width, layer.d_inner
+    params = {p.untyped_storage().data_ptr() for p in layer.parameters()}
+    saved = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params and t.shape[0] in (batch, tokens):  # activations, not weight casts
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    x = torch.randn(batch, height, width, dim, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(x).sum().backward()
+    x_proj = 4 * (layer.directions[0].dt_rank + 2 * n)
+    states = 4 * batch * 1 * n * d_inner * 4  # one chunk of 20 tokens, float32
+    assert sum(saved.values()) == 2 * tokens * (dim + 4 * d_inner + x_proj) + states
 
 
 def test_bad_input_errors():

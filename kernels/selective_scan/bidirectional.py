@@ -17,11 +17,12 @@ from .._backend import HAS_TRITON, resolve_backend
 from .._checks import check_optional, compute_dtype
 from .fast import selective_scan_fast
 from .interface import check_selective_scan_args
+from .low_rank import full_delta
 
 if HAS_TRITON:
     from .triton_op import selective_scan_bidirectional_triton
 
-_NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+_NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias", "delta_proj_weight")
 
 
 def _pair(name, value):
@@ -58,19 +59,25 @@ def _rows(t, height):
 
 
 def selective_scan_bidirectional_fn(u, delta, A, B, C, D=(None, None), delta_bias=(None, None), *, z=None,
-                                    delta_softplus=False, column_grid_height=None, backend="auto"):
+                                    delta_softplus=False, column_grid_height=None, delta_proj_weight=(None, None),
+                                    backend="auto"):
     """Each of u, delta, A, B, C, D, delta_bias is a pair (forward direction, backward direction) with the
     shapes of `selective_scan_fn`; the pairs share batch, dim, L and N (B/C groupings may differ). z:
     (batch, dim, L) gates the sum. Returns (batch, dim, L) in u's dtype.
 
-    D and delta_bias are given for both directions or for neither. column_grid_height: H dividing L, to take
-    the L positions as a row-major grid of H rows and scan it column by column (top to bottom, then the next
-    column; the backward direction the reverse); inputs and output stay in row-major order.
+    D, delta_bias and delta_proj_weight are given for both directions or for neither; with delta_proj_weight
+    (dim, rank) each delta is low-rank, (batch, rank, L), as in `selective_scan_fn`. column_grid_height: H
+    dividing L, to take the L positions as a row-major grid of H rows and scan it column by column (top to
+    bottom, then the next column; the backward direction the reverse); inputs and output stay in row-major
+    order.
     Inputs stored as (batch, L, dim) (seen as (batch, dim, L) through a transpose) give an output and
     gradients in that layout, which the Triton kernels read and write fastest.
     """
-    forward, backward = split_directions(_NAMES, (u, delta, A, B, C, D, delta_bias),
-                                         lambda a: check_selective_scan_args(*a[:5], a[5], None, a[6]), a_index=2)
+    if (_pair("delta_proj_weight", delta_proj_weight)[0] is None) != (delta_proj_weight[1] is None):
+        raise ValueError("delta_proj_weight: give it for both directions or for neither")
+    forward, backward = split_directions(_NAMES, (u, delta, A, B, C, D, delta_bias, delta_proj_weight),
+                                         lambda a: check_selective_scan_args(*a[:5], a[5], None, a[6], a[7]),
+                                         a_index=2)
     for i in (5, 6):
         if (forward[i] is None) != (backward[i] is None):
             raise ValueError(f"{_NAMES[i]}: give it for both directions or for neither")
@@ -82,7 +89,9 @@ def selective_scan_bidirectional_fn(u, delta, A, B, C, D=(None, None), delta_bia
         raise ValueError(f"column_grid_height: expected a positive int dividing L={length}, got {height!r}")
     float64 = compute_dtype(*forward, *backward, z) == torch.float64
     if resolve_backend(backend, forward[0], has_kernel=True, float64=float64) == "triton":
-        return selective_scan_bidirectional_triton(forward, backward, z, delta_softplus, height or 0)
+        return selective_scan_bidirectional_triton(forward[:7], backward[:7], z, delta_softplus, height or 0,
+                                                   (forward[7], backward[7]))
+    forward, backward = ((a[0], full_delta(a[1], a[7]), *a[2:7]) for a in (forward, backward))
     if height is not None:
         def cols(t):
             return t if t is None or t.dim() < 3 else _columns(t, height)

@@ -7,6 +7,7 @@ import torch
 from .._backend import HAS_TRITON, resolve_backend
 from .._checks import check_groups, check_optional, check_tensor, compute_dtype
 from .fast import selective_scan_fast
+from .low_rank import full_delta
 
 if HAS_TRITON:
     from .triton_op import selective_scan_triton
@@ -22,7 +23,7 @@ def _check_bc(name, t, batch, n, length, dim, dev):
         check_tensor(name, t, "(batch, N, L), (batch, G, N, L) or (dim, N)", (batch, n, length), dev)
 
 
-def check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias):
+def check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias, delta_proj_weight=None):
     """Raise ValueError naming the first argument whose type, dtype, device or shape is wrong."""
     if not isinstance(u, torch.Tensor):
         raise ValueError(f"u: expected a tensor of shape (batch, dim, L), got {type(u).__name__}")
@@ -31,7 +32,12 @@ def check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias):
     batch, dim, length = u.shape
     if length == 0:
         raise ValueError("u: the sequence length L must be at least 1, got 0")
-    check_tensor("delta", delta, "(batch, dim, L)", (batch, dim, length), dev)
+    if delta_proj_weight is None:
+        check_tensor("delta", delta, "(batch, dim, L)", (batch, dim, length), dev)
+    else:
+        check_tensor("delta_proj_weight", delta_proj_weight, "(dim, rank)", (dim, None), dev)
+        check_tensor("delta", delta, "(batch, rank, L) (low-rank, with delta_proj_weight)",
+                     (batch, delta_proj_weight.shape[1], length), dev)
     check_tensor("A", A, "(dim, N)", (dim, None), dev)
     n = A.shape[1]
     _check_bc("B", B, batch, n, length, dim, dev)
@@ -42,7 +48,7 @@ def check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias):
 
 
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                      return_last_state=False, *, reverse=False, backend="auto"):
+                      return_last_state=False, *, reverse=False, delta_proj_weight=None, backend="auto"):
     """Mamba-1 selective scan (S6), argument-compatible with mamba_ssm's `selective_scan_fn`.
 
     u, delta, z: (batch, dim, L); A: (dim, N) real; B, C: (batch, N, L), grouped (batch, G, N, L) with G
@@ -52,18 +58,23 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     State in float32 (float64 for float64 inputs) whatever the input dtype; out in u's dtype, (batch, dim, L).
     `return_last_state` also returns the final state (batch, dim, N) (not differentiated through).
     `reverse=True` scans from the last position to the first (equal to flipping inputs and output).
+    `delta_proj_weight` (dim, rank): delta is given low-rank, (batch, rank, L), and the delta scanned is
+    delta_proj_weight @ delta at each position, formed in the op and not saved for the backward
+    (`low_rank.full_delta`; what the layers pass, Mamba's dt_proj).
     `backend`: "torch" (the fast PyTorch path), "triton" (the Triton kernels: CUDA tensors, or CPU tensors
     under TRITON_INTERPRET=1; not float64, time-varying B and C only), or "auto" (Triton for CUDA tensors
     that it takes, else "torch").
     """
-    check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias)
+    check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias, delta_proj_weight)
     invariant = [name for name, t in (("B", B), ("C", C)) if t.dim() == 2]
     if invariant and backend == "triton":
         raise ValueError(f"{invariant[0]}: the Triton kernels take time-varying B and C ((batch, N, L) or "
                          "(batch, G, N, L)); a time-invariant (dim, N) one runs with backend='torch' or 'auto'")
-    float64 = compute_dtype(u, delta, A, B, C, D, z, delta_bias) == torch.float64
+    float64 = compute_dtype(u, delta, A, B, C, D, z, delta_bias, delta_proj_weight) == torch.float64
     if resolve_backend(backend, u, has_kernel=not invariant, float64=float64) == "triton":
-        return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, reverse)
+        return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, reverse,
+                                     delta_proj_weight)
+    delta = full_delta(delta, delta_proj_weight)
     out = selective_scan_fast(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, reverse)
     if return_last_state:
         return out[0], out[1].detach()

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import torch
 
 from .._backend import cdiv, launch_device, next_power_of_2
+from .low_rank import full_delta, low_rank_grads
 from .triton_args import Direction, Gradients, GroupedSeq, Projection, Seq, Sizes, StateMatrix
 from .triton_kernels import s6_bwd_kernel, s6_fwd_kernel, s6_segment_adjoints_kernel, s6_segment_states_kernel
 
@@ -271,10 +272,11 @@ def _run_fwd(directions, z, delta_softplus, reverse, save_states, cols):
 
 
 def _launch_fwd(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev, z,
-                delta_softplus, reverse, save_states, cols=0):
-    """`_run_fwd` with the ops' flat arguments (the reverse direction's seven None for a single direction)."""
-    directions = _directions(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev,
-                             delta_bias_rev)
+                dt_weight, dt_weight_rev, delta_softplus, reverse, save_states, cols=0):
+    """`_run_fwd` with the ops' flat arguments (the reverse direction's seven None for a single direction);
+    dt_weight, dt_weight_rev: None, or each direction's projection of a low-rank delta (`low_rank.full_delta`)."""
+    directions = _directions(u, full_delta(delta, dt_weight), A, B, C, D, delta_bias, u_rev,
+                             full_delta(delta_rev, dt_weight_rev), A_rev, B_rev, C_rev, D_rev, delta_bias_rev)
     return _run_fwd(directions, z, delta_softplus, reverse, save_states, cols)
 
 
@@ -285,16 +287,17 @@ def selective_scan_fwd(
     u_rev: torch.Tensor | None, delta_rev: torch.Tensor | None, A_rev: torch.Tensor | None,
     B_rev: torch.Tensor | None, C_rev: torch.Tensor | None, D_rev: torch.Tensor | None,
     delta_bias_rev: torch.Tensor | None, z: torch.Tensor | None,
+    dt_weight: torch.Tensor | None, dt_weight_rev: torch.Tensor | None,
     delta_softplus: bool, reverse: bool, save_states: bool, cols: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """`_launch_fwd` as a torch custom op, so `torch.compile` traces through the scan."""
     return _launch_fwd(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev,
-                       z, delta_softplus, reverse, save_states, cols)
+                       z, dt_weight, dt_weight_rev, delta_softplus, reverse, save_states, cols)
 
 
 @selective_scan_fwd.register_fake
 def _(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev, z,
-      delta_softplus, reverse, save_states, cols):
+      dt_weight, dt_weight_rev, delta_softplus, reverse, save_states, cols):
     batch, dim, length = u.shape
     n = A.shape[1]
     _, _, chunk, _ = block_sizes(dim, length, n, _dpgs(dim, B, C, B_rev, C_rev))
@@ -384,16 +387,21 @@ def _run_bwd(dout, states, directions, z, delta_softplus, reverse, cols=0):
 
 
 def _launch_bwd(dout, states, states_rev, u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev,
-                D_rev, delta_bias_rev, z, delta_softplus, reverse, cols):
-    """Gradients of (u, delta, A, B, C, D, delta_bias), then of the reverse direction's seven, then of z;
-    an empty tensor stands for an absent input."""
-    directions = _directions(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev,
-                             delta_bias_rev)
+                D_rev, delta_bias_rev, z, dt_weight, dt_weight_rev, delta_softplus, reverse, cols):
+    """Gradients of (u, delta, A, B, C, D, delta_bias), then of the reverse direction's seven, then of z,
+    dt_weight and dt_weight_rev; an empty tensor stands for an absent input. A low-rank delta's full delta is
+    formed again here (`low_rank.full_delta`)."""
+    directions = _directions(u, full_delta(delta, dt_weight), A, B, C, D, delta_bias, u_rev,
+                             full_delta(delta_rev, dt_weight_rev), A_rev, B_rev, C_rev, D_rev, delta_bias_rev)
     grads, dz = _run_bwd(dout, (states, states_rev), directions, z, delta_softplus, reverse, cols)
     out = [g for grad, d in zip(grads, directions) for g in _finish_grads(grad, d)]
     if len(directions) == 1:
         out += [u.new_empty(0) for _ in range(7)]
-    return out + [u.new_empty(0) if dz is None else dz]
+    d_weights = [u.new_empty(0), u.new_empty(0)]
+    for i, (low, weight) in enumerate(((delta, dt_weight), (delta_rev, dt_weight_rev))):
+        if weight is not None:
+            out[7 * i + 1], d_weights[i] = low_rank_grads(out[7 * i + 1], low, weight, _token_major(u))
+    return out + [u.new_empty(0) if dz is None else dz] + d_weights
 
 
 @torch.library.custom_op("mambamixer::selective_scan_bwd", mutates_args=())
@@ -404,16 +412,17 @@ def selective_scan_bwd(
     u_rev: torch.Tensor | None, delta_rev: torch.Tensor | None, A_rev: torch.Tensor | None,
     B_rev: torch.Tensor | None, C_rev: torch.Tensor | None, D_rev: torch.Tensor | None,
     delta_bias_rev: torch.Tensor | None, z: torch.Tensor | None,
+    dt_weight: torch.Tensor | None, dt_weight_rev: torch.Tensor | None,
     delta_softplus: bool, reverse: bool, cols: int,
 ) -> list[torch.Tensor]:
     """`_launch_bwd` as a torch custom op."""
     return _launch_bwd(dout, states, states_rev, u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev,
-                       C_rev, D_rev, delta_bias_rev, z, delta_softplus, reverse, cols)
+                       C_rev, D_rev, delta_bias_rev, z, dt_weight, dt_weight_rev, delta_softplus, reverse, cols)
 
 
 @selective_scan_bwd.register_fake
 def _(dout, states, states_rev, u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev,
-      delta_bias_rev, z, delta_softplus, reverse, cols):
+      delta_bias_rev, z, dt_weight, dt_weight_rev, delta_softplus, reverse, cols):
     token_major = _token_major(u)
 
     def like(t, scan_layout):  # the scan's (..., X, L) tensors take u's layout, the rest are contiguous
@@ -425,7 +434,8 @@ def _(dout, states, states_rev, u, delta, A, B, C, D, delta_bias, u_rev, delta_r
 
     directions = ((u, delta, A, B, C, D, delta_bias), (u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev))
     scan_layout = (True, True, False, True, True, False, False)
-    return [like(t, scan) for direction in directions for t, scan in zip(direction, scan_layout)] + [like(z, True)]
+    return ([like(t, scan) for direction in directions for t, scan in zip(direction, scan_layout)]
+            + [like(z, True), like(dt_weight, False), like(dt_weight_rev, False)])
 
 
 def _setup_context(ctx, inputs, output):
@@ -484,21 +494,23 @@ def _scan(*inputs):
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                          return_last_state=False, reverse=False):
-    """`selective_scan_ref`'s arguments and results (float32/float16/bfloat16 inputs) through the kernels."""
-    inputs = (u, delta, A, B, C, D, z, delta_bias)
+                          return_last_state=False, reverse=False, delta_proj_weight=None):
+    """`selective_scan_ref`'s arguments and results (float32/float16/bfloat16 inputs) through the kernels;
+    with delta_proj_weight (dim, r), delta is low-rank (batch, r, L) (`low_rank.full_delta`)."""
+    inputs = (u, delta, A, B, C, D, z, delta_bias, delta_proj_weight)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     out, last, _, _ = _scan(u, delta, A, B, C, D, delta_bias, None, None, None, None, None, None, None, z,
-                            delta_softplus, reverse, save, 0)
+                            delta_proj_weight, None, delta_softplus, reverse, save, 0)
     return (out, last.detach()) if return_last_state else out
 
 
-def selective_scan_bidirectional_triton(forward, backward, z=None, delta_softplus=False, cols=0):
+def selective_scan_bidirectional_triton(forward, backward, z=None, delta_softplus=False, cols=0,
+                                        delta_proj_weight=(None, None)):
     """The fused pair of directions: `forward` and `backward` are (u, delta, A, B, C, D, delta_bias); cols as
-    in `_run_fwd`."""
-    inputs = (*forward, *backward, z)
+    in `_run_fwd`; delta_proj_weight: each direction's projection of a low-rank delta, or None."""
+    inputs = (*forward, *backward, z, *delta_proj_weight)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
-    return _scan(*forward, *backward, z, delta_softplus, False, save, cols)[0]
+    return _scan(*forward, *backward, z, *delta_proj_weight, delta_softplus, False, save, cols)[0]
 
 
 def _per_weight(t: torch.Tensor, e: int) -> torch.Tensor:
