@@ -25,9 +25,9 @@ from .triton_kernels import s6_bwd_kernel, s6_fwd_kernel, s6_segment_adjoints_ke
 CHUNK = 32
 
 # Registers per thread the backward of the plain and paired scans may use (ptxas's maxnreg), None: the compiler's
-# choice, about 230, which fits 8 one-warp programs per SM. A cap of 200 fits 10 and compiles without spills
-# (`bench/s6_sass.py`), but has not been timed on a GPU: `bench/s6_launch_sweep.py` sweeps it. The PROJ
-# backward needs all 255 and is never capped.
+# choice, about 226, which fits 8 one-warp programs per SM. On an H100 (`bench/s6_launch_sweep.py`, BENCHMARKS.md)
+# 200 changed nothing and 168 helped only where it fit a launch into one wave, so none is set. The PROJ backward
+# needs all 255 and is never capped.
 BWD_MAX_REGISTERS = None
 
 
