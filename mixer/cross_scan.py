@@ -54,9 +54,11 @@ class CrossScanSSM(nn.Module):
         self.out_proj = nn.Linear(d_inner, dim, bias=bias)
 
     def _in_bias(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """in_proj's bias for x and for z (None, None without one)."""
         return (None, None) if self.in_proj.bias is None else self.in_proj.bias.chunk(2)
 
     def _conv_silu(self, u: torch.Tensor) -> torch.Tensor:
+        """u (batch, d_inner, H, W) -> SiLU(depthwise conv(u)), same shape and memory format."""
         return F.silu(self.conv2d(u))
 
     def _s6_orders(self, u: torch.Tensor, z: torch.Tensor, height: int) -> torch.Tensor:
