@@ -181,7 +181,7 @@ def low_rank(a, rank=2, seed=30):
 
 @pytest.mark.parametrize("layout", ["channels", "tokens"])
 @pytest.mark.parametrize("pair", [False, True])
-def test_low_rank_delta_matches_its_full_delta(small_blocks, layout, pair):
+def test_low_rank_delta_matches_its_full_delta(layout, pair):
     """delta given low-rank with its projection weight, formed in the op and again in the backward, against
     the float64 recurrence on the full delta: output and every gradient, the weight's included, for one
     direction and the fused pair; and the op saves no (batch, dim, L) delta for the backward."""
