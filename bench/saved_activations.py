@@ -1,6 +1,6 @@
 """What a model keeps for its backward: the bytes autograd saves in one training forward, by module, on CPU.
 
-    python bench/saved_activations.py --models vim2_tiny,convnext_tiny [--batch 2] [--size 224] [--out DIR]
+    python bench/saved_activations.py --models vim2_tiny,convnext_tiny [--batch 1] [--size 224] [--out DIR]
 
 Under bf16 autocast, channels-last input, as `bench/vision.py` trains. Every tensor saved for the backward
 (`torch.autograd.graph.saved_tensors_hooks`) is counted once per storage, parameters excluded, and charged
@@ -45,6 +45,7 @@ def saved_by_module(name: str, batch: int, size: int) -> tuple[dict[str, int], i
     model = timm.create_model(name, **kwargs).train()
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     stack, seen, saved = ["model"], set(), collections.Counter()
+
     def enter(module, args):
         stack.append(type(module).__name__)
 
