@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 
+from ...utils.cuda_graph import GraphedTraining
 from ...utils.finite import check_finite
 from ...utils.moe_loss import add_moe_loss
 
@@ -22,13 +23,16 @@ class ForecastingModule(L.LightningModule):
     (`torch.optim.AdamW`, a `torch.optim.lr_scheduler` class, ...); the scheduler steps every epoch.
     `check_finite`: stop training at the first step whose loss or inputs are not finite
     (`mambamixer.utils.finite.check_finite`). A hybrid model's mixture-of-experts load-balancing loss joins
-    the training loss with weight `moe_aux_weight` (Switch Transformer's 0.01).
+    the training loss with weight `moe_aux_weight` (Switch Transformer's 0.01). `cuda_graphs`: on a single
+    GPU, replay the model's training forward and backward from CUDA graphs (`mambamixer.utils.cuda_graph`).
     """
 
     def __init__(self, model: nn.Module, optimizer: Callable, scheduler: Callable | None = None,
-                 check_finite: bool = True, moe_aux_weight: float = 0.01):
+                 check_finite: bool = True, moe_aux_weight: float = 0.01, cuda_graphs: bool = True):
         super().__init__()
         self.model, self.optimizer_factory, self.scheduler_factory = model, optimizer, scheduler
+        self.cuda_graphs = cuda_graphs
+        self._graphed = None  # built at the first training step, when the device and world size are known
         self.check_finite, self.moe_aux_weight = check_finite, moe_aux_weight
         metrics = MetricCollection({"mse": MeanSquaredError(), "mae": MeanAbsoluteError()})
         self.val_metrics, self.test_metrics = metrics.clone(prefix="val/"), metrics.clone(prefix="test/")
@@ -38,7 +42,10 @@ class ForecastingModule(L.LightningModule):
         return pred[..., -batch["y"].shape[-1]:]
 
     def training_step(self, batch, batch_idx):
-        loss = add_moe_loss(self, F.mse_loss(self(batch), batch["y"]), self.moe_aux_weight, len(batch["y"]))
+        if self._graphed is None:  # under DDP the gradient hooks must see every backward: eager
+            self._graphed = GraphedTraining(self.model, self.cuda_graphs and self.trainer.world_size == 1)
+        pred = self._graphed(batch["x"], batch.get("covariates"))[..., -batch["y"].shape[-1]:]
+        loss = add_moe_loss(self, F.mse_loss(pred, batch["y"]), self.moe_aux_weight, len(batch["y"]))
         if self.check_finite:
             check_finite(loss, batch, self.global_step, self.current_epoch, batch_idx,
                          self.trainer.strategy.reduce_boolean_decision)
