@@ -47,9 +47,15 @@ def test_fast_dev_run_of_every_experiment(experiment, tmp_path):
     assert {"test/mse", "test/mae"} <= set(metrics) and metrics["test/mse"] > 0
 
 
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[dict, Path]:
+    """One epoch of the tiny default run: its metrics and output folder."""
+    return metrics_of(run(*TINY, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path_factory.mktemp('tiny')}"))
+
+
 @pytest.mark.slow
-def test_default_run_writes_metrics_plot_and_checkpoints(tmp_path):
-    metrics, out_dir = metrics_of(run(*TINY, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path}"))
+def test_default_run_writes_metrics_plot_and_checkpoints(tiny_run):
+    metrics, out_dir = tiny_run
     assert metrics["epochs"] == 1 and metrics["test/mse"] > 0
     assert (out_dir / "logs" / "forecast.png").stat().st_size > 10_000
     assert (out_dir / "checkpoints" / "last.ckpt").exists()
@@ -57,10 +63,10 @@ def test_default_run_writes_metrics_plot_and_checkpoints(tmp_path):
 
 
 @pytest.mark.slow
-def test_compile_gives_the_plain_runs_metrics(tmp_path):
+def test_compile_gives_the_plain_runs_metrics(tiny_run, tmp_path):
     """compile= compiles the model in place; dynamo traces it with a dynamic batch size (training, then
     evaluation batches), and the eager backend keeps the test quick. Same data, seed and numbers."""
-    plain, _ = metrics_of(run(*TINY, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'plain'}"))
+    plain, _ = tiny_run
     compiled, _ = metrics_of(run(*TINY, "trainer.max_epochs=1", "compile={backend:eager}",
                                  f"hydra.run.dir={tmp_path / 'compiled'}"))
     assert compiled["test/mse"] == plain["test/mse"] and compiled["test/mae"] == plain["test/mae"]

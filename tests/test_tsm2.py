@@ -77,7 +77,7 @@ def test_tiny_model_overfits_a_batch():
     x, y = x_all[:, :48], x_all[:, 48:]
     covariates = torch.randn(8, 48, 2)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(300):
+    for _ in range(100):
         loss = torch.nn.functional.mse_loss(model(x, covariates), y)
         opt.zero_grad()
         loss.backward()
