@@ -35,9 +35,9 @@ class GraphedTraining:
     CUDA autocast, CUDA inputs, a model not compiled and without mixture-of-experts layers (their routing and
     auxiliary loss depend on the data). They are replayed for qualifying calls with arguments of exactly that
     call's shapes, dtypes and devices; any other call (the last partial batch, evaluation) runs the model
-    eagerly. The capture leaves the
-    CUDA random state as it found it, so a run draws the same dropout masks with or without graphs. If the
-    capture fails (an op that cannot be captured), a warning says why and the model runs eagerly from then on.
+    eagerly. The capture leaves the CUDA random state as it found it, so a run draws the same dropout masks
+    with or without graphs. If the capture fails (an op that cannot be captured), a warning says why and the
+    model runs eagerly from then on.
     """
 
     def __init__(self, model: nn.Module, enabled: bool = True):
