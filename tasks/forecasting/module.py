@@ -38,14 +38,18 @@ class ForecastingModule(L.LightningModule):
         self.val_metrics, self.test_metrics = metrics.clone(prefix="val/"), metrics.clone(prefix="test/")
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        pred = self.model(batch["x"], batch.get("covariates"))
-        return pred[..., -batch["y"].shape[-1]:]
+        return self._predict(self.model, batch)
+
+    @staticmethod
+    def _predict(model: Callable, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """model's forecast of the variates `y` holds."""
+        return model(batch["x"], batch.get("covariates"))[..., -batch["y"].shape[-1]:]
 
     def training_step(self, batch, batch_idx):
         if self._graphed is None:  # under DDP the gradient hooks must see every backward: eager
             self._graphed = GraphedTraining(self.model, self.cuda_graphs and self.trainer.world_size == 1)
-        pred = self._graphed(batch["x"], batch.get("covariates"))[..., -batch["y"].shape[-1]:]
-        loss = add_moe_loss(self, F.mse_loss(pred, batch["y"]), self.moe_aux_weight, len(batch["y"]))
+        loss = F.mse_loss(self._predict(self._graphed, batch), batch["y"])
+        loss = add_moe_loss(self, loss, self.moe_aux_weight, len(batch["y"]))
         if self.check_finite:
             check_finite(loss, batch, self.global_step, self.current_epoch, batch_idx,
                          self.trainer.strategy.reduce_boolean_decision)
