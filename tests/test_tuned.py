@@ -119,5 +119,52 @@ def test_a_search_resumed_across_calls_asks_what_one_call_would(tmp_path, monkey
     assert strip[0] == strip[1] and len({str(t["params"]) for t in strip[0]}) == 12
     assert {t["state"] for t in strip[0]} == {"COMPLETE", "FAIL"}
     assert parts["best"] == whole["best"] and parts["trials"] == 12 and parts["failed"] == whole["failed"] > 0
-    results = OmegaConf.load(tmp_path / "b" / "tsm2_etth1_L512_H96" / "optimization_results.yaml")
+    state = tmp_path / "b" / "tsm2_etth1_L512_H96"
+    assert sorted(p.name for p in state.iterdir()) == ["optimization_results.yaml", "sampler.json", "trials.json"]
+    results = OmegaConf.load(state / "optimization_results.yaml")
     assert results.best_value == whole["best"]["value"] and results.best_params == whole["best"]["params"]
+
+
+def test_a_trial_out_of_gpu_memory_is_run_again_not_counted_as_failed(tmp_path, monkeypatch):
+    """bench/tsm2_search.py: a trial that runs out of GPU memory (another study's trial held it) is retried in
+    the call; one recorded as failed that way is run again first by the next call, under its number. Either
+    way the search ends as one without memory trouble."""
+    search = _search_module()
+    monkeypatch.setattr(search, "OOM_WAIT_S", 0.0)
+    config = search.search_config(seed=2024)
+    config["n_trials"] = 10
+    runs = []
+
+    def fake_trial(oom_at):
+        def run(experiment, pred_len, params, overrides, run_dir, deadline):
+            runs.append(run_dir.name)
+            if run_dir.name in oom_at and runs.count(run_dir.name) <= oom_at[run_dir.name]:
+                return "OOM", {"error": "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB."}
+            value = params["task.optimizer.lr"] * 100 + params["model.dropout"] + params["model.d_model"] / 128
+            return "COMPLETE", {"val/mse_best": value}
+        return run
+
+    def trials(out):
+        return json.loads((out / "tsm2_etth1_L512_H96" / "trials.json").read_text())
+
+    def search_in(out, oom_at, n_trials=10):
+        config["n_trials"] = n_trials
+        monkeypatch.setattr(search, "run_trial", fake_trial(oom_at))
+        return search.search("tsm2_etth1", 96, 512, config, [], tmp_path / out, float("inf"), threading.Lock())
+
+    whole = search_in("clean", {})
+    retried = search_in("retried", {"4": 2})  # out of memory twice, then fits: retried within the call
+    assert runs.count("4") == 1 + 2 and retried["best"] == whole["best"] and retried["failed"] == 0
+    runs.clear()
+    search_in("later", {"2": 99}, n_trials=6)  # never fits in this call: recorded failed, out of memory
+    first = trials(tmp_path / "later")
+    assert runs.count("2") == 1 + search.OOM_RETRIES and first[2]["state"] == "FAIL"
+    assert first[2]["metrics"]["out_of_memory"] and not (tmp_path / "later" / "tsm2_etth1_L512_H96" /
+                                                         "optimization_results.yaml").exists()
+    runs.clear()
+    later = search_in("later", {})
+    assert runs[0] == "2" and trials(tmp_path / "later")[2]["attempts"] == 2
+    assert later["failed"] == 0 and later["trials"] == 10
+    strip = [[{k: t[k] for k in ("number", "params", "state")} for t in trials(tmp_path / out)]
+             for out in ("clean", "retried", "later")]
+    assert strip[0] == strip[1] and [t["params"] for t in strip[2][:6]] == [t["params"] for t in strip[0][:6]]
