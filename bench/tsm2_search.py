@@ -21,7 +21,7 @@ by the next call (OOM_ATTEMPTS runs in all at most). Trials still running after 
 stopped and forgotten; none starts after --start-until seconds (by default --stop-after), so that those
 started earlier can finish. A study with all its trials writes DIR/<study>/optimization_results.yaml as the
 sweeper does, so `python -m mambamixer.utils.tuned DIR/<study>` saves its best settings to conf/tuned/.
-Prints a table and writes DIR/tsm2_search_L<seq-len>.json; `--report` prints the table of every study in DIR.
+Prints a table of the studies it ran; `--report` prints the table of every study in DIR.
 """
 
 from __future__ import annotations
@@ -113,7 +113,6 @@ def run_trial(experiment: str, pred_len: int, params: dict, overrides: list[str]
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
-            shutil.rmtree(run_dir, ignore_errors=True)
             return "STOPPED", {}
     if proc.returncode != 0:
         return "OOM" if any(e in output for e in OOM_ERRORS) else "FAIL", {"error": output[-2000:]}
@@ -123,7 +122,7 @@ def run_trial(experiment: str, pred_len: int, params: dict, overrides: list[str]
 def run_until_it_fits(experiment: str, pred_len: int, params: dict, overrides: list[str], run_dir: Path,
                       deadline: float) -> tuple[str, dict]:
     """`run_trial`, run again after OOM_WAIT_S while it runs out of GPU memory (OOM_RETRIES times at most);
-    still out of memory: ("FAIL", {"error": ..., "out_of_memory": True})."""
+    still out of memory: ("FAIL", {"error": ...}). The run folder is deleted."""
     for attempt in range(OOM_RETRIES + 1):
         if attempt:
             time.sleep(OOM_WAIT_S)
@@ -131,16 +130,13 @@ def run_until_it_fits(experiment: str, pred_len: int, params: dict, overrides: l
         state, metrics = run_trial(experiment, pred_len, params, overrides, run_dir, deadline)
         if state != "OOM" or time.time() + OOM_WAIT_S >= deadline:
             break
-    if state == "OOM":
-        state, metrics = "FAIL", {**metrics, "out_of_memory": True}
     shutil.rmtree(run_dir, ignore_errors=True)
-    return state, metrics
+    return ("FAIL" if state == "OOM" else state), metrics
 
 
 def _out_of_memory(trial: dict) -> bool:
     """Whether a recorded trial failed only by running out of GPU memory, and may be run again."""
-    m = trial["metrics"]
-    oom = m.get("out_of_memory") or any(e in m.get("error", "") for e in OOM_ERRORS)
+    oom = any(e in trial["metrics"].get("error", "") for e in OOM_ERRORS)
     return trial["state"] == "FAIL" and oom and trial.get("attempts", 1) < OOM_ATTEMPTS
 
 
@@ -270,7 +266,6 @@ def main() -> None:
         futures = [pool.submit(search, e, h, args.seq_len, config, args.overrides, args.out, deadline, lock,
                                args.work, last_start) for e, h in jobs]
         rows = [f.result() for f in futures]
-    (args.out / f"tsm2_search_L{args.seq_len}.json").write_text(json.dumps(rows, indent=2) + "\n")
     print_table(rows, config["metric"])
 
 if __name__ == "__main__":

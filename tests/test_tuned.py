@@ -159,7 +159,7 @@ def test_a_trial_out_of_gpu_memory_is_run_again_not_counted_as_failed(tmp_path, 
     search_in("later", {"2": 99}, n_trials=6)  # never fits in this call: recorded failed, out of memory
     first = trials(tmp_path / "later")
     assert runs.count("2") == 1 + search.OOM_RETRIES and first[2]["state"] == "FAIL"
-    assert first[2]["metrics"]["out_of_memory"] and not (tmp_path / "later" / "tsm2_etth1_L512_H96" /
+    assert search._out_of_memory(first[2]) and not (tmp_path / "later" / "tsm2_etth1_L512_H96" /
                                                          "optimization_results.yaml").exists()
     runs.clear()
     later = search_in("later", {})
