@@ -18,9 +18,12 @@ would have; bench/results/tsm2_search/ keeps the searches of BENCHMARKS.md that 
 A trial that runs out of GPU memory (the studies' trials share one GPU) is not a result: it is run again,
 OOM_RETRIES times after OOM_WAIT_S each in one call, and one recorded as failed that way is run again first
 by the next call (OOM_ATTEMPTS runs in all at most). Trials still running after --stop-after seconds are
-stopped and forgotten; none starts after --start-until seconds (by default --stop-after), so that those
-started earlier can finish. A study with all its trials writes DIR/<study>/optimization_results.yaml as the
-sweeper does, so `python -m mambamixer.utils.tuned DIR/<study>` saves its best settings to conf/tuned/.
+stopped; none starts after --start-until seconds (by default --stop-after), so that those started earlier
+can finish. A stopped trial is not recorded: the next call asks for the same parameters again, and with the
+same --work on the same machine its run goes on from its last checkpoint (as `train.py ckpt_path=...`
+resumes a run) instead of starting over. A study with all its trials writes
+DIR/<study>/optimization_results.yaml as the sweeper does, so `python -m mambamixer.utils.tuned DIR/<study>`
+saves its best settings to conf/tuned/.
 Prints a table of the studies it ran; `--report` prints the table of every study in DIR.
 """
 
@@ -49,6 +52,7 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 OOM_RETRIES, OOM_WAIT_S, OOM_ATTEMPTS = 3, 30.0, 8
 OOM_ERRORS = ("CUDA out of memory", "CUDA error: out of memory")  # an allocation; creating the CUDA context
+STOPPED = "stopped.json"  # in a run folder: the parameters and wall time of a run stopped at a deadline
 SEARCH = ROOT / "conf" / "hparams_search" / "tsm2_optuna.yaml"
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # add_trial, create_trial
 
@@ -100,11 +104,13 @@ def restore(study: optuna.Study, trials: list[dict], space: dict) -> None:
 
 
 def run_trial(experiment: str, pred_len: int, params: dict, overrides: list[str], run_dir: Path,
-              deadline: float) -> tuple[str, dict]:
-    """One training run; ("COMPLETE", metrics), ("FAIL", {"error": ...}), ("OOM", {"error": ...}) when it ran out
-    of GPU memory, or ("STOPPED", {}) at the deadline."""
+              deadline: float, resume: Path | None = None) -> tuple[str, dict]:
+    """One training run, or the rest of one from its checkpoint `resume`; ("COMPLETE", metrics), ("FAIL",
+    {"error": ...}), ("OOM", {"error": ...}) when it ran out of GPU memory, or ("STOPPED", {}) at the deadline."""
     args = [f"experiment={experiment}", f"data.pred_len={pred_len}", "use_tuned=false",
             *[f"{k}={v}" for k, v in params.items()], *overrides, f"hydra.run.dir={run_dir}"]
+    if resume is not None:
+        args.append(f"ckpt_path={resume}")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     with subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
@@ -119,19 +125,44 @@ def run_trial(experiment: str, pred_len: int, params: dict, overrides: list[str]
     return "COMPLETE", json.loads((run_dir / "metrics.json").read_text())
 
 
+def _stopped_run(run_dir: Path, params: dict) -> tuple[Path | None, float]:
+    """(its last checkpoint, the seconds it ran) of a run of `params` stopped at an earlier call's deadline in
+    run_dir, or (None, 0.0)."""
+    stopped, last = run_dir / STOPPED, run_dir / "checkpoints" / "last.ckpt"
+    if not (stopped.exists() and last.exists()):
+        return None, 0.0
+    record = json.loads(stopped.read_text())
+    return (last, record["wall_time_s"]) if record["params"] == params else (None, 0.0)
+
+
 def run_until_it_fits(experiment: str, pred_len: int, params: dict, overrides: list[str], run_dir: Path,
-                      deadline: float) -> tuple[str, dict]:
+                      deadline: float) -> tuple[str, dict, float]:
     """`run_trial`, run again after OOM_WAIT_S while it runs out of GPU memory (OOM_RETRIES times at most);
-    still out of memory: ("FAIL", {"error": ...}). The run folder is deleted."""
+    still out of memory: ("FAIL", {"error": ...}). Returns its state, metrics and wall time in seconds.
+
+    A run of the same parameters stopped at an earlier call's deadline in run_dir (the same --work on the same
+    machine) goes on from its last checkpoint; if that fails, the trial runs again from the start. A run
+    stopped at this call's deadline keeps its folder for the next call; otherwise the folder is deleted."""
+    resume, earlier_s = _stopped_run(run_dir, params)
+    start = time.time()
     for attempt in range(OOM_RETRIES + 1):
         if attempt:
             time.sleep(OOM_WAIT_S)
-        shutil.rmtree(run_dir, ignore_errors=True)
-        state, metrics = run_trial(experiment, pred_len, params, overrides, run_dir, deadline)
+        if resume is None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        state, metrics = run_trial(experiment, pred_len, params, overrides, run_dir, deadline, resume)
+        if state == "FAIL" and resume is not None:
+            resume, earlier_s, start = None, 0.0, time.time()
+            state, metrics = run_trial(experiment, pred_len, params, overrides, run_dir, deadline)
+        resume = None
         if state != "OOM" or time.time() + OOM_WAIT_S >= deadline:
             break
-    shutil.rmtree(run_dir, ignore_errors=True)
-    return ("FAIL" if state == "OOM" else state), metrics
+    wall_s = earlier_s + time.time() - start
+    if state == "STOPPED" and run_dir.exists():
+        (run_dir / STOPPED).write_text(json.dumps({"params": params, "wall_time_s": wall_s}))
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return ("FAIL" if state == "OOM" else state), metrics, wall_s
 
 
 def _out_of_memory(trial: dict) -> bool:
@@ -160,9 +191,9 @@ def search(experiment: str, pred_len: int, seq_len: int, config: dict, overrides
     overrides = [f"data.seq_len={seq_len}", *overrides]
     last_start = deadline if last_start is None else min(last_start, deadline)
 
-    def record(number, params, state, metrics, value, start, attempts=1):
+    def record(number, params, state, metrics, value, wall_s, attempts=1):
         trial = {"number": number, "params": params, "state": state, "value": value,
-                 "wall_time_s": round(time.time() - start, 1), "metrics": metrics}
+                 "wall_time_s": round(wall_s, 1), "metrics": metrics}
         if attempts > 1:
             trial["attempts"] = attempts
         with lock:
@@ -186,21 +217,20 @@ def search(experiment: str, pred_len: int, seq_len: int, config: dict, overrides
     for i in rerun:
         if time.time() >= last_start:
             break
-        old, start = trials[i], time.time()
-        state, metrics = run_until_it_fits(experiment, pred_len, old["params"], overrides,
-                                           scratch / str(old["number"]), deadline)
+        old = trials[i]
+        state, metrics, wall_s = run_until_it_fits(experiment, pred_len, old["params"], overrides,
+                                                   scratch / str(old["number"]), deadline)
         if state == "STOPPED":
             break
         state, metrics, value = finish(state, metrics)
-        trials[i] = record(old["number"], old["params"], state, metrics, value, start, old.get("attempts", 1) + 1)
+        trials[i] = record(old["number"], old["params"], state, metrics, value, wall_s, old.get("attempts", 1) + 1)
         if not _out_of_memory(trials[i]):
             restore(study, [trials[i]], config["space"])
         save()
     while len(trials) < config["n_trials"] and time.time() < last_start:
         trial = study.ask(fixed_distributions=config["space"])
-        start = time.time()
-        state, metrics = run_until_it_fits(experiment, pred_len, trial.params, overrides, scratch / str(trial.number),
-                                           deadline)
+        state, metrics, wall_s = run_until_it_fits(experiment, pred_len, trial.params, overrides,
+                                                   scratch / str(trial.number), deadline)
         if state == "STOPPED":
             break
         state, metrics, value = finish(state, metrics)
@@ -208,9 +238,10 @@ def search(experiment: str, pred_len: int, seq_len: int, config: dict, overrides
             study.tell(trial, value)
         else:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        trials.append(record(trial.number, trial.params, state, metrics, value, start))
+        trials.append(record(trial.number, trial.params, state, metrics, value, wall_s))
         save()
-    shutil.rmtree(scratch, ignore_errors=True)
+    if work is None:  # a given --work keeps the folders of runs stopped at the deadline, for the next call
+        shutil.rmtree(scratch, ignore_errors=True)
     row = summary(folder, config["n_trials"])
     if row["best"] is not None and row["trials"] >= config["n_trials"] and not row["oom_reruns"]:
         results = {"name": "optuna", "best_params": row["best"]["params"], "best_value": row["best"]["value"]}

@@ -96,7 +96,7 @@ def test_a_search_resumed_across_calls_asks_what_one_call_would(tmp_path, monkey
     config["n_trials"] = 12  # past the sampler's 8 random startup trials, into TPE
 
     def fake_trial(stop_at):
-        def run(experiment, pred_len, params, overrides, run_dir, deadline):
+        def run(experiment, pred_len, params, overrides, run_dir, deadline, resume=None):
             if stop_at is not None and run_dir.name == str(stop_at):
                 return "STOPPED", {}
             if params["model.depth"] == 1:
@@ -136,7 +136,7 @@ def test_a_trial_out_of_gpu_memory_is_run_again_not_counted_as_failed(tmp_path, 
     runs = []
 
     def fake_trial(oom_at):
-        def run(experiment, pred_len, params, overrides, run_dir, deadline):
+        def run(experiment, pred_len, params, overrides, run_dir, deadline, resume=None):
             runs.append(run_dir.name)
             if run_dir.name in oom_at and runs.count(run_dir.name) <= oom_at[run_dir.name]:
                 return "OOM", {"error": "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB."}
@@ -168,3 +168,51 @@ def test_a_trial_out_of_gpu_memory_is_run_again_not_counted_as_failed(tmp_path, 
     strip = [[{k: t[k] for k in ("number", "params", "state")} for t in trials(tmp_path / out)]
              for out in ("clean", "retried", "later")]
     assert strip[0] == strip[1] and [t["params"] for t in strip[2][:6]] == [t["params"] for t in strip[0][:6]]
+
+
+def test_a_trial_stopped_at_the_deadline_goes_on_from_its_checkpoint_in_the_next_call(tmp_path, monkeypatch):
+    """bench/tsm2_search.py: with a kept --work, the next call asks the stopped trial's parameters again and
+    resumes its run from its last checkpoint, counting both calls' wall time; a run that fails to resume runs
+    again from the start; in a temporary folder a stopped run starts over."""
+    search = _search_module()
+    config = search.search_config(seed=2024)
+    config["n_trials"] = 3
+    calls = []
+
+    def fake_trial(stop_at, fail_resume=False):
+        def run(experiment, pred_len, params, overrides, run_dir, deadline, resume=None):
+            calls.append((run_dir.name, resume))
+            if resume is not None and fail_resume:
+                return "FAIL", {"error": "a checkpoint cut off mid-write"}
+            if run_dir.name == str(stop_at) and resume is None:
+                (run_dir / "checkpoints").mkdir(parents=True)
+                (run_dir / "checkpoints" / "last.ckpt").write_text("epoch 2")
+                return "STOPPED", {}
+            return "COMPLETE", {"val/mse_best": params["task.optimizer.lr"]}
+        return run
+
+    def search_in(out, stop_at, work, **kwargs):
+        monkeypatch.setattr(search, "run_trial", fake_trial(stop_at, **kwargs))
+        return search.search("tsm2_etth1", 96, 512, config, [], tmp_path / out, float("inf"), threading.Lock(),
+                             work)
+
+    work = tmp_path / "work"
+    search_in("kept", 1, work)
+    run_dir = work / "tsm2_etth1_L512_H96" / "1"
+    assert calls == [("0", None), ("1", None)] and (run_dir / search.STOPPED).exists()
+    calls.clear()
+    row = search_in("kept", None, work)
+    assert calls == [("1", run_dir / "checkpoints" / "last.ckpt"), ("2", None)] and not run_dir.exists()
+    assert row["trials"] == 3 and row["failed"] == 0
+
+    calls.clear()
+    search_in("again", 1, work)
+    calls.clear()
+    search_in("again", None, work, fail_resume=True)  # resuming fails: the trial runs from the start
+    assert calls[:2] == [("1", work / "tsm2_etth1_L512_H96" / "1" / "checkpoints" / "last.ckpt"), ("1", None)]
+
+    calls.clear()
+    search_in("temporary", 1, None)
+    calls.clear()
+    search_in("temporary", None, None)
+    assert calls[0] == ("1", None)
