@@ -1,12 +1,23 @@
-"""Test session setup: the Triton kernels run on CPU tensors through Triton's interpreter.
+"""Test session setup: the Triton kernels run on CPU tensors through Triton's interpreter, and every test
+starts from the same global random state.
 
 Triton chooses the interpreter when a kernel is defined, so the variable is set before any test module
-imports mambamixer.
+imports mambamixer. The suite runs in parallel workers (pytest-xdist, `-n` in pyproject.toml), which hand
+out tests in a different order each run; seeding before each test keeps what a test draws from torch's
+global generator independent of the tests that ran before it in its worker.
 """
 
 import os
 
+import pytest
+import torch
+
 os.environ["TRITON_INTERPRET"] = "1"
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)
 
 
 

@@ -33,12 +33,16 @@ def test_forward_and_gradients_match_float64_chain(k, shape):
     expected = weighted_sum_ref(ref[0], ref[1:])
     assert out.dtype == torch.float32 and out.shape == shape
     assert rel_err(out, expected) < 1e-6
-    grad = torch.randn(shape, dtype=torch.float64)
+    grad = torch.randn(shape, generator=torch.Generator().manual_seed(k), dtype=torch.float64)
     got = torch.autograd.grad(out, ours, grad.float())
     want = torch.autograd.grad(expected, ref, grad)
-    for i, (a, b) in enumerate(zip(got, want)):
-        assert a.dtype == ours[i].dtype
-        assert rel_err(a, b) < 1e-6, "weights" if i == 0 else f"tensors[{i - 1}]"
+    assert all(a.dtype == t.dtype for a, t in zip(got, ours))
+    # Each weight's gradient is a float32 sum of grad * tensor over all elements, which can cancel: its error
+    # is bounded against the sum of the terms' magnitudes, not against the (possibly tiny) result.
+    magnitudes = torch.stack([(grad * t).abs().sum() for t in ref[1:]])
+    assert ((got[0].double() - want[0]).abs() <= 1e-6 * magnitudes).all(), "weights"
+    for i, (a, b) in enumerate(zip(got[1:], want[1:])):
+        assert rel_err(a, b) < 1e-6, f"tensors[{i}]"
 
 
 def test_non_contiguous_and_mixed_dtypes():
