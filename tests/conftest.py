@@ -20,8 +20,6 @@ def _seeded():
     torch.manual_seed(0)
 
 
-
-
 def _bfloat16_as_on_the_gpu() -> None:
     """Bfloat16 in Triton's interpreter (3.8), patched for the tests. It keeps bfloat16 tensors as raw uint16
     words and its `tl.dot` multiplies those words as integers; its float32 to bfloat16 conversion rounds
