@@ -62,7 +62,7 @@ class ScanDirection(NamedTuple):
         """The kernels' `Direction` for the batch rows `rows` (None: all), with the (full-batch) states and
         summaries."""
         dim = self.u.shape[1]
-        A = self.A.t().contiguous().t()  # channels adjacent, as the kernels hold the state (N, channels)
+        A = self.A  # read once per program through its strides: a copy would cost a launch per call
 
         def grouped(t):  # B or C as (batch, G, N, L)
             return None if t is None else GroupedSeq.of(_rows(t if t.dim() == 4 else t.unsqueeze(1), rows), dim)
@@ -309,13 +309,25 @@ def _(u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev, D
             states.new_empty(states_shape if u_rev is not None else (0,)))
 
 
-def _grad_buffers(direction: ScanDirection, n_segs: int) -> Gradients:
+def _zeros_scan_layout(shapes, token_major, device) -> list[torch.Tensor]:
+    """float32 zeros of each (batch, ..., X, L) shape in `shapes`, laid out as `_empty_scan_layout` does, cut
+    from one allocation: one fill for all of them."""
+    sizes = [math.prod(shape) for shape in shapes]
+    flat = torch.zeros(sum(sizes), dtype=torch.float32, device=device)
+    stored = [(*shape[:-2], shape[-1], shape[-2]) if token_major else shape for shape in shapes]
+    pieces = [piece.view(shape) for piece, shape in zip(flat.split(sizes), stored)]
+    return [piece.transpose(-1, -2) for piece in pieces] if token_major else pieces
+
+
+def _grad_buffers(direction: ScanDirection, n_segs: int, dB: torch.Tensor | None, dC: torch.Tensor | None
+                  ) -> Gradients:
     """A direction's `Gradients` over the whole batch: du, ddelta in the inputs' dtypes and u's layout; dB, dC
-    float32 zeros (added to atomically); dA, dD, d_delta_bias float32 per-segment partials (batch, n_segs, dim,
-    ...), dA as (batch, n_segs, N, dim). PROJ (never split): dA, dD, d_delta_bias, dWx, dw_dt (and the conv's)
-    float32 per-sequence partials (batch, dim, ...), dA as (batch, N, dim), no ddelta, dB, dC."""
+    (given) float32 zeros (added to atomically); dA, dD, d_delta_bias float32 per-segment partials (batch,
+    n_segs, dim, ...), dA as (batch, n_segs, N, dim). PROJ (never split; dB, dC None): dA, dD, d_delta_bias,
+    dWx, dw_dt (and the conv's) float32 per-sequence partials (batch, dim, ...), dA as (batch, N, dim), no
+    ddelta."""
     u, proj = direction.u, direction.proj
-    batch, dim, length = u.shape
+    batch, dim, _ = u.shape
     n = direction.A.shape[1]
     f32 = dict(dtype=torch.float32, device=u.device)
     token_major = _token_major(u)
@@ -329,22 +341,29 @@ def _grad_buffers(direction: ScanDirection, n_segs: int) -> Gradients:
                          dw_dt=torch.empty(batch, dim, **f32),
                          d_conv_weight=torch.empty(batch, dim, 4, **f32) if conv else None,
                          d_conv_bias=torch.empty(batch, dim, **f32) if conv else None)
-    dB, dC = (_empty_scan_layout((batch, _groups(t), n, length), token_major, **f32).zero_()
-              for t in (direction.B, direction.C))
     ddelta = _empty_scan_layout(direction.delta.shape, token_major, dtype=direction.delta.dtype, device=u.device)
     return Gradients(du, ddelta, dB, dC, **sums, dWx=None, dw_dt=None, d_conv_weight=None, d_conv_bias=None)
 
 
-def _finish_grads(grads: Gradients, direction: ScanDirection) -> list:
+def _absent(like: torch.Tensor, empties: bool) -> torch.Tensor | None:
+    """The gradient of an absent input: an empty tensor (a custom op returns tensors only) or None."""
+    return like.new_empty(0) if empties else None
+
+
+def _finish_grads(grads: Gradients, direction: ScanDirection, empties: bool) -> list:
     """A direction's `Gradients` -> gradients shaped and typed like (u, delta, A, B, C, D, delta_bias); absent
-    inputs get an empty tensor."""
+    inputs get `_absent`'s."""
     A, B, C, D, delta_bias = direction.A, direction.B, direction.C, direction.D, direction.delta_bias
     du = grads.du
-    dB = (grads.dB if B.dim() == 4 else grads.dB[:, 0]).to(B.dtype)
-    dC = (grads.dC if C.dim() == 4 else grads.dC[:, 0]).to(C.dtype)
-    dD = du.new_empty(0) if D is None else grads.dD.sum((0, 1)).to(D.dtype)
-    dbias = du.new_empty(0) if delta_bias is None else grads.d_delta_bias.sum((0, 1)).to(delta_bias.dtype)
-    return [du, grads.ddelta, grads.dA.sum((0, 1)).T.contiguous().to(A.dtype), dB, dC, dD, dbias]
+    # dB and dC share one buffer (`_zeros_scan_layout`); a custom op's outputs may not alias each other, so
+    # there (empties) float32 ones are copied out of it.
+    dB = (grads.dB if B.dim() == 4 else grads.dB[:, 0]).to(B.dtype, copy=empties)
+    dC = (grads.dC if C.dim() == 4 else grads.dC[:, 0]).to(C.dtype, copy=empties)
+    dD = _absent(du, empties) if D is None else grads.dD.sum((0, 1)).to(D.dtype)
+    dbias = _absent(du, empties) if delta_bias is None else grads.d_delta_bias.sum((0, 1)).to(delta_bias.dtype)
+    dA = torch.empty(A.shape, dtype=torch.float32, device=A.device)  # (dim, N): summed into, no transposed copy
+    torch.sum(grads.dA.transpose(2, 3), (0, 1), out=dA)
+    return [du, grads.ddelta, dA.to(A.dtype), dB, dC, dD, dbias]
 
 
 def _run_bwd(dout, states, directions, z, delta_softplus, reverse, cols=0):
@@ -355,7 +374,12 @@ def _run_bwd(dout, states, directions, z, delta_softplus, reverse, cols=0):
     n = directions[0].A.shape[1]
     bidir = len(directions) == 2
     plan = _plan_of(directions, delta_softplus, cols)
-    grads = [_grad_buffers(d, plan.n_segs) for d in directions]
+    if proj is None:  # every direction's dB and dC, zeroed at once
+        shapes = [(batch, _groups(t), n, length) for d in directions for t in (d.B, d.C)]
+        dBCs = _zeros_scan_layout(shapes, _token_major(u), u.device)
+    else:
+        dBCs = [None] * 2 * len(directions)
+    grads = [_grad_buffers(d, plan.n_segs, *dBCs[2 * i:2 * i + 2]) for i, d in enumerate(directions)]
     summaries = [_summaries(u, n, plan.n_segs) for _ in directions]
     token_major = _token_major(u)
     dz = None if z is None else _empty_scan_layout(u.shape, token_major, dtype=z.dtype, device=u.device)
@@ -387,21 +411,21 @@ def _run_bwd(dout, states, directions, z, delta_softplus, reverse, cols=0):
 
 
 def _launch_bwd(dout, states, states_rev, u, delta, A, B, C, D, delta_bias, u_rev, delta_rev, A_rev, B_rev, C_rev,
-                D_rev, delta_bias_rev, z, dt_weight, dt_weight_rev, delta_softplus, reverse, cols):
+                D_rev, delta_bias_rev, z, dt_weight, dt_weight_rev, delta_softplus, reverse, cols, empties=True):
     """Gradients of (u, delta, A, B, C, D, delta_bias), then of the reverse direction's seven, then of z,
-    dt_weight and dt_weight_rev; an empty tensor stands for an absent input. A low-rank delta's full delta is
-    formed again here (`low_rank.full_delta`)."""
+    dt_weight and dt_weight_rev; an absent input's is an empty tensor, or None unless `empties`. A low-rank
+    delta's full delta is formed again here (`low_rank.full_delta`)."""
     directions = _directions(u, full_delta(delta, dt_weight), A, B, C, D, delta_bias, u_rev,
                              full_delta(delta_rev, dt_weight_rev), A_rev, B_rev, C_rev, D_rev, delta_bias_rev)
     grads, dz = _run_bwd(dout, (states, states_rev), directions, z, delta_softplus, reverse, cols)
-    out = [g for grad, d in zip(grads, directions) for g in _finish_grads(grad, d)]
+    out = [g for grad, d in zip(grads, directions) for g in _finish_grads(grad, d, empties)]
     if len(directions) == 1:
-        out += [u.new_empty(0) for _ in range(7)]
-    d_weights = [u.new_empty(0), u.new_empty(0)]
+        out += [_absent(u, empties) for _ in range(7)]
+    d_weights = [_absent(u, empties), _absent(u, empties)]
     for i, (low, weight) in enumerate(((delta, dt_weight), (delta_rev, dt_weight_rev))):
         if weight is not None:
             out[7 * i + 1], d_weights[i] = low_rank_grads(out[7 * i + 1], low, weight, _token_major(u))
-    return out + [u.new_empty(0) if dz is None else dz] + d_weights
+    return out + [_absent(u, empties) if dz is None else dz] + d_weights
 
 
 @torch.library.custom_op("mambamixer::selective_scan_bwd", mutates_args=())
@@ -463,18 +487,20 @@ selective_scan_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 class _EagerScan(torch.autograd.Function):
-    """The same forward and backward without the custom-op dispatch, for eager mode (less call overhead)."""
+    """The same forward and backward without the custom-op dispatch, for eager mode (less call overhead: no
+    zero gradients are made for the non-differentiable outputs, nor empty ones for absent inputs)."""
 
     @staticmethod
     def forward(ctx, *inputs):
         outputs = _launch_fwd(*inputs)
         _setup_context(ctx, inputs, outputs)
         ctx.mark_non_differentiable(*outputs[1:])
+        ctx.set_materialize_grads(False)
         return outputs
 
     @staticmethod
     def backward(ctx, dout, _dlast, _dstates, _dstates_rev):
-        return _gradients(ctx, dout, _launch_bwd)
+        return _gradients(ctx, dout, functools.partial(_launch_bwd, empties=False))
 
 
 def _check_row_scratch(u, A):
