@@ -3,14 +3,23 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from mambamixer.kernels import selective_scan_bidirectional_fn, selective_scan_fn, selective_scan_ref
 from mambamixer.kernels._backend import next_power_of_2
 from mambamixer.kernels.selective_scan import triton_op
 from mambamixer.mixer import SelectiveSSM
 
-from helpers import OPCHECK_UTILS, assert_backends_agree, grads, rel_err, s6_inputs, token_major, with_grad
+from helpers import (
+    OPCHECK_UTILS,
+    ComputingOperators,
+    assert_backends_agree,
+    grads,
+    rel_err,
+    s6_inputs,
+    skip_s6_launches,
+    token_major,
+    with_grad,
+)
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 SCAN_LAYOUT = ("u", "delta", "B", "C", "z")  # the (batch, ..., L) arguments
@@ -362,40 +371,18 @@ def test_scan_custom_ops_pass_opcheck(layout, cols):
     torch.library.opcheck(triton_op.selective_scan_bwd, (*detached, True, False, cols), test_utils=utils)
 
 
-class _Operators(TorchDispatchMode):
-    """The torch operators dispatched inside it that compute (on a GPU, each a kernel launch of its own)."""
-
-    SHAPE_ONLY = {"empty", "new_empty", "view", "transpose", "t", "select", "unsqueeze", "split_with_sizes",
-                  "permute", "detach", "slice", "alias"}
-
-    def __init__(self):
-        super().__init__()
-        self.computing = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket.__name__ not in self.SHAPE_ONLY:
-            self.computing.append(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
-
-
-class _SkippedLaunch:
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: None
-
-
 def test_eager_call_computes_little_besides_the_kernels(monkeypatch):
     """An eager forward computes nothing in torch beside the kernels, and a forward+backward only the sums of
     dA, dD and d(delta_bias), the casts of bf16 dB and dC and one zero fill (no copy of A, no zero gradients
     for the non-differentiable outputs). The launches are skipped: the interpreter's copies would count."""
-    for name in ("s6_fwd_kernel", "s6_bwd_kernel"):
-        monkeypatch.setattr(triton_op, name, _SkippedLaunch())
+    skip_s6_launches(monkeypatch)
     a = with_grad({k: v.to(torch.float32 if k in ("A", "D", "delta_bias") else torch.bfloat16)
                    if isinstance(v, torch.Tensor) else v for k, v in s6_inputs(length=16).items()})
-    with torch.no_grad(), _Operators() as forward:
+    with torch.no_grad(), ComputingOperators() as forward:
         selective_scan_fn(**a, backend="triton")
     assert forward.computing == []
     out = selective_scan_fn(**a, backend="triton")
     dout = torch.ones_like(out)
-    with _Operators() as backward:
+    with ComputingOperators() as backward:
         out.backward(dout)
     assert sorted(backward.computing) == ["_to_copy", "_to_copy", "sum", "sum", "sum", "zeros"]

@@ -539,9 +539,13 @@ def selective_scan_bidirectional_triton(forward, backward, z=None, delta_softplu
     return _scan(*forward, *backward, z, *delta_proj_weight, delta_softplus, False, save, cols)[0]
 
 
-def _per_weight(t: torch.Tensor, e: int) -> torch.Tensor:
-    """(batch, groups * e, ...) per-channel partial sums -> (e, ...): summed over the batch and the groups."""
-    return t.sum(0).unflatten(0, (-1, e)).sum(0)
+def _per_weight(t: torch.Tensor, e: int, transpose: bool = False) -> torch.Tensor:
+    """(batch, groups * e, ...) per-channel partial sums -> (e, ...), contiguous, summed over the batch and the
+    groups in one reduction; with `transpose`, (batch, groups * e, X) -> (X, e)."""
+    parts = t.unflatten(1, (-1, e))
+    if transpose:
+        parts = parts.transpose(2, 3)
+    return torch.sum(parts, (0, 1), out=parts.new_empty(parts.shape[2:]))
 
 
 def _conv_by_lag(weight, reverse):
@@ -586,8 +590,8 @@ def _projected_bwd(dout, states, states_rev, z, *inputs):
     per_direction = (inputs[:6], inputs[6:12])
     convs = (inputs[12:14], inputs[14:16])
     for g, (_, A, Wx, wdt, D, bias), (cw, cb), reverse in zip(grads, per_direction, convs, (False, True)):
-        out += [g.du, _per_weight(g.dA.transpose(1, 2), e).contiguous().to(A.dtype),
-                _per_weight(g.dWx, e).T.contiguous().to(Wx.dtype), _per_weight(g.dw_dt, e).to(wdt.dtype),
+        out += [g.du, _per_weight(g.dA.transpose(1, 2), e).to(A.dtype),
+                _per_weight(g.dWx, e, transpose=True).to(Wx.dtype), _per_weight(g.dw_dt, e).to(wdt.dtype),
                 _per_weight(g.dD, e).to(D.dtype),
                 _per_weight(g.d_delta_bias, e).to(bias.dtype)]
         if cw is None:
