@@ -57,9 +57,11 @@ class CrossScanSSM(nn.Module):
         """in_proj's bias for x and for z (None, None without one)."""
         return (None, None) if self.in_proj.bias is None else self.in_proj.bias.chunk(2)
 
-    def _conv_silu(self, u: torch.Tensor) -> torch.Tensor:
-        """u (batch, d_inner, H, W) -> SiLU(depthwise conv(u)), same shape and memory format."""
-        return F.silu(self.conv2d(u))
+    def _u(self, x: torch.Tensor) -> torch.Tensor:
+        """x (batch, H, W, dim) -> u = SiLU(depthwise conv(in_proj's x half of x)), (batch, H, W, d_inner); the
+        conv and SiLU on channels-last memory."""
+        u = F.linear(x, self.in_proj.weight[:self.d_inner], self._in_bias()[0])
+        return F.silu(self.conv2d(u.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
 
     def _s6_orders(self, u: torch.Tensor, z: torch.Tensor, height: int) -> torch.Tensor:
         """u, z: (batch, L, d_inner), the tokens row-major -> the four scans' gated sum, (batch, L, d_inner)."""
@@ -77,13 +79,13 @@ class CrossScanSSM(nn.Module):
         if x.dim() != 4 or x.shape[-1] != self.dim:
             raise ValueError(f"x: expected shape (batch, H, W, dim={self.dim}), got {tuple(x.shape)}")
         batch, height, width, _ = x.shape
-        # x and the gate z as two GEMMs (in_proj's halves), each (batch, H, W, d_inner) in its own memory: the
-        # conv reads u in place (channels-last) and the scan keeps z alone for its backward, not both halves.
-        u, z = (F.linear(x, w, b) for w, b in zip(self.in_proj.weight.chunk(2), self._in_bias()))
-        # The depthwise conv and SiLU on channels-last memory, recomputed in the backward from u, which the
-        # conv keeps anyway, rather than saving the conv's output for SiLU's backward.
-        u = checkpoint(self._conv_silu, u.permute(0, 3, 1, 2), use_reentrant=False,
-                       preserve_rng_state=False).permute(0, 2, 3, 1)
+        # u and the gate z from in_proj's two halves as two GEMMs, so that the scan keeps z alone for its
+        # backward, not both halves. u's GEMM, depthwise conv and SiLU are recomputed in the backward from x,
+        # which z's GEMM keeps anyway: neither the conv's input nor its output is saved.
+        if torch.is_autocast_enabled(x.device.type):  # one autocast copy of x, kept for both GEMMs
+            x = x.to(torch.get_autocast_dtype(x.device.type))
+        z = F.linear(x, self.in_proj.weight[self.d_inner:], self._in_bias()[1])
+        u = checkpoint(self._u, x, use_reentrant=False, preserve_rng_state=False)
         if self.ssm == "s6":
             y = self._s6_orders(u.reshape(batch, height * width, -1), z.reshape(batch, height * width, -1), height)
             return self.out_proj(y).view(batch, height, width, self.dim)

@@ -171,9 +171,9 @@ def test_training_step_on_the_kernels_traces_to_one_graph():
 
 def test_token_mixer_keeps_only_what_its_backward_needs():
     """What CrossScanSSM saves for the backward on the kernels under bf16 autocast, in bytes: x (in_proj's
-    input), u before and after the conv and SiLU (recomputed in the backward, not saved between them), z, the
-    x-projection, the four directions' states (one per 32 steps) and out_proj's input. No full delta (the
-    scans form it from the low-rank dt), no second copy of in_proj's output."""
+    input), u after the conv and SiLU (u's GEMM, the conv and SiLU are recomputed in the backward from x, not
+    saved between them), z, the x-projection, the four directions' states (one per 32 steps) and out_proj's
+    input. No full delta (the scans form it from the low-rank dt), no copy of in_proj's output beyond z."""
     batch, height, width, dim, n = 2, 4, 5, 8, 4
     layer = CrossScanSSM(dim, d_state=n, backend="triton")
     tokens, d_inner = batch * height * width, layer.d_inner
@@ -191,7 +191,7 @@ def test_token_mixer_keeps_only_what_its_backward_needs():
         layer(x)
     x_proj = 4 * (layer.directions[0].dt_rank + 2 * n)
     states = 4 * batch * 1 * n * d_inner * 4  # one chunk of 20 tokens, float32
-    assert sum(saved.values()) == 2 * tokens * (dim + 4 * d_inner + x_proj) + states
+    assert sum(saved.values()) == 2 * tokens * (dim + 3 * d_inner + x_proj) + states
 
 
 def test_bad_input_errors():
