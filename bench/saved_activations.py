@@ -25,18 +25,9 @@ os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are defined: the Trit
 
 import timm  # noqa: E402
 import torch  # noqa: E402
+from s6_host import skip_launches  # noqa: E402
 
 import mambamixer  # noqa: E402, F401  (registers the ViM2 models)
-from mambamixer.kernels.selective_scan import triton_op  # noqa: E402
-
-KERNELS = ("s6_fwd_kernel", "s6_bwd_kernel", "s6_segment_states_kernel", "s6_segment_adjoints_kernel")
-
-
-class _NoLaunch:
-    """Stands for a Triton kernel: `kernel[grid](...)` does nothing."""
-
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: None
 
 
 def saved_by_module(name: str, batch: int, size: int) -> tuple[dict[str, int], int]:
@@ -76,8 +67,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    for name in KERNELS:
-        setattr(triton_op, name, _NoLaunch())
+    skip_launches()
     rows = []
     for name in args.models:
         once, n_params = saved_by_module(name, args.batch, args.size)

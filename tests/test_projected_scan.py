@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from mambamixer.kernels import selective_scan_projected_bidirectional_fn, selective_scan_ref
 from mambamixer.kernels.selective_scan import triton_op
 
-from helpers import OPCHECK_UTILS, ComputingOperators, rel_err, skip_s6_launches, token_major
+from helpers import OPCHECK_UTILS, computing, rel_err, s6_host, token_major
 
 NAMES = ("u", "A", "x_weight", "dt_weight", "dt_bias", "D")
 CONV = ("conv_weight", "conv_bias")
@@ -269,13 +269,14 @@ def test_eager_backward_sums_each_weight_gradient_once(monkeypatch):
     """Without a conv, the eager backward computes in torch only the five per-weight sums of each direction
     (A, x_weight, dt_weight, D, dt_bias over the batch and the groups), each one reduction straight into its
     layout; the forward computes nothing beside the kernels. The launches are skipped."""
-    skip_s6_launches(monkeypatch)
+    host = s6_host()
+    host.skip_launches(monkeypatch.setattr)
     fwd, bwd, z = inputs(dtype=torch.float32)
-    with torch.no_grad(), ComputingOperators() as forward:
+    with torch.no_grad(), host.OperatorCount() as forward:
         call(fwd, bwd, z, backend="triton")
-    assert forward.computing == []
+    assert computing(forward.counts) == {}
     out = call(fwd, bwd, z, backend="triton")
     dout = torch.ones_like(out)
-    with ComputingOperators() as backward:
+    with host.OperatorCount() as backward:
         out.backward(dout)
-    assert backward.computing == ["sum"] * 10
+    assert computing(backward.counts) == {"sum": 10}

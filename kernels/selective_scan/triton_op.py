@@ -374,14 +374,14 @@ def _run_bwd(dout, states, directions, z, delta_softplus, reverse, cols=0):
     n = directions[0].A.shape[1]
     bidir = len(directions) == 2
     plan = _plan_of(directions, delta_softplus, cols)
+    token_major = _token_major(u)
     if proj is None:  # every direction's dB and dC, zeroed at once
         shapes = [(batch, _groups(t), n, length) for d in directions for t in (d.B, d.C)]
-        dBCs = _zeros_scan_layout(shapes, _token_major(u), u.device)
+        dBCs = _zeros_scan_layout(shapes, token_major, u.device)
     else:
         dBCs = [None] * 2 * len(directions)
     grads = [_grad_buffers(d, plan.n_segs, *dBCs[2 * i:2 * i + 2]) for i, d in enumerate(directions)]
     summaries = [_summaries(u, n, plan.n_segs) for _ in directions]
-    token_major = _token_major(u)
     dz = None if z is None else _empty_scan_layout(u.shape, token_major, dtype=z.dtype, device=u.device)
     per_row = plan.programs * plan.n_segs * plan.chunk * plan.block_d * (plan.block_n + _has_conv(proj))
     tensors = ([t for d in directions for t in (d.u, d.delta, d.B, d.C)] + [dout, *states, z, dz, *summaries]
