@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from ..kernels import selective_scan_projected_bidirectional_fn
+from .recompute import recompute_saved
 from .selective_ssm import scan_direction
 
 
@@ -69,13 +70,21 @@ class ChannelWiseSelectiveMixer(nn.Module):
         # u, z: (batch, dim, tokens, e) each, views of one tensor that holds each channel's tokens x e values
         # (of u, of z) as contiguous runs, one per channel step of the scans (h is transposed first, or addcmul
         # would follow its layout).
-        u, z = torch.addcmul(bias, h.transpose(1, 2).contiguous()[:, None, :, :, None], weight).unbind(1)
+        h = h.transpose(1, 2).contiguous()
+
+        def lift():
+            return torch.addcmul(bias, h[:, None, :, :, None], weight)
+
+        uz = lift()
+        u, z = uz.unbind(1)
         if self.ssm == "s6":
             # Tokens folded into channels, (batch, tokens * e, dim) seen through a transpose; the conv and delta,
-            # B and C computed per token from its e features.
+            # B and C computed per token from its e features. The scans would keep u and z for their backward:
+            # they are lifted from h (which addcmul keeps) again there instead.
             *scan, conv_weight, conv_bias = zip(*((u.flatten(2).mT, *d.projected_args()) for d in self.directions))
-            y = selective_scan_projected_bidirectional_fn(*scan, z=z.flatten(2).mT, conv_weight=conv_weight,
-                                                          conv_bias=conv_bias, backend=self.directions[0].backend)
+            with recompute_saved(uz, lift, (h, weight, bias)):
+                y = selective_scan_projected_bidirectional_fn(*scan, z=z.flatten(2).mT, conv_weight=conv_weight,
+                                                              conv_bias=conv_bias, backend=self.directions[0].backend)
             y = y.mT.unflatten(2, (tokens, e))
         else:
             u, z = (t.permute(0, 2, 3, 1).flatten(0, 1) for t in (u, z))  # (batch * tokens, e, dim)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..kernels import selective_scan_bidirectional_fn
+from .recompute import recompute_saved
 from .selective_ssm import check_ssd_heads, scan_direction
 
 
@@ -63,6 +64,10 @@ class CrossScanSSM(nn.Module):
         u = F.linear(x, self.in_proj.weight[:self.d_inner], self._in_bias()[0])
         return F.silu(self.conv2d(u.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
 
+    def _z(self, x: torch.Tensor) -> torch.Tensor:
+        """x (batch, H, W, dim) -> the gate z, in_proj's z half of x, (batch, H, W, d_inner)."""
+        return F.linear(x, self.in_proj.weight[self.d_inner:], self._in_bias()[1])
+
     def _s6_orders(self, u: torch.Tensor, z: torch.Tensor, height: int) -> torch.Tensor:
         """u, z: (batch, L, d_inner), the tokens row-major -> the four scans' gated sum, (batch, L, d_inner)."""
         params = F.linear(u, torch.cat([direction.x_proj.weight for direction in self.directions]))
@@ -79,19 +84,23 @@ class CrossScanSSM(nn.Module):
         if x.dim() != 4 or x.shape[-1] != self.dim:
             raise ValueError(f"x: expected shape (batch, H, W, dim={self.dim}), got {tuple(x.shape)}")
         batch, height, width, _ = x.shape
-        # u and the gate z from in_proj's two halves as two GEMMs, so that the scan keeps z alone for its
-        # backward, not both halves. u's GEMM, depthwise conv and SiLU are recomputed in the backward from x,
-        # which z's GEMM keeps anyway: neither the conv's input nor its output is saved.
+        # u and the gate z from in_proj's two halves as two GEMMs. u's GEMM, depthwise conv and SiLU are
+        # recomputed in the backward from x, which z's GEMM keeps anyway: neither the conv's input nor its output
+        # is saved. The scans would keep z for their backward: z's GEMM is run again there instead.
         if torch.is_autocast_enabled(x.device.type):  # one autocast copy of x, kept for both GEMMs
             x = x.to(torch.get_autocast_dtype(x.device.type))
-        z = F.linear(x, self.in_proj.weight[self.d_inner:], self._in_bias()[1])
+        z = self._z(x)
         u = checkpoint(self._u, x, use_reentrant=False, preserve_rng_state=False)
+        with recompute_saved(z, lambda: self._z(x), (x, *self.in_proj.parameters())):
+            if self.ssm == "s6":
+                y = self._s6_orders(u.reshape(batch, height * width, -1), z.reshape(batch, height * width, -1),
+                                    height)
+            else:
+                u, z = u.permute(0, 3, 1, 2), z.permute(0, 3, 1, 2)  # (batch, d_inner, H, W)
+                rows = self.directions[0](u.flatten(2), z.flatten(2)) + self.directions[1](u.flatten(2), z.flatten(2))
+                u_cols, z_cols = u.transpose(2, 3).flatten(2), z.transpose(2, 3).flatten(2)
+                cols = self.directions[2](u_cols, z_cols) + self.directions[3](u_cols, z_cols)
         if self.ssm == "s6":
-            y = self._s6_orders(u.reshape(batch, height * width, -1), z.reshape(batch, height * width, -1), height)
             return self.out_proj(y).view(batch, height, width, self.dim)
-        u, z = u.permute(0, 3, 1, 2), z.permute(0, 3, 1, 2)  # (batch, d_inner, H, W)
-        rows = self.directions[0](u.flatten(2), z.flatten(2)) + self.directions[1](u.flatten(2), z.flatten(2))
-        u_cols, z_cols = u.transpose(2, 3).flatten(2), z.transpose(2, 3).flatten(2)
-        cols = self.directions[2](u_cols, z_cols) + self.directions[3](u_cols, z_cols)
         y = rows.view(batch, -1, height, width) + cols.view(batch, -1, width, height).transpose(2, 3)
         return self.out_proj(y.permute(0, 2, 3, 1))

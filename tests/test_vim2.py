@@ -1,5 +1,7 @@
 """ViM2: its two mixers against plain float64 reference scans, every registered model, timm's API, bad input."""
 
+import contextlib
+
 import pytest
 import timm
 import torch
@@ -90,6 +92,32 @@ def test_mixers_same_on_both_backends_with_gradients(layer):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("layer", [lambda: CrossScanSSM(8, d_state=4, backend="triton"),
+                                   lambda: ChannelWiseSelectiveMixer(8, d_state=4, backend="triton")],
+                         ids=["cross_scan", "channel_wise"])
+def test_mixers_recompute_what_the_scans_would_keep_to_the_bit(layer, monkeypatch):
+    """The gate z (token mixer), u and z (channel mixer) formed again in the backward instead of kept
+    (`recompute_saved`): under bf16 autocast, input and every parameter's gradient equal to the bit those of
+    the same layer keeping them."""
+    from mambamixer.mixer import channel_wise, cross_scan
+
+    def step(model):
+        x = torch.randn(2, 3, 5, 8, generator=torch.Generator().manual_seed(0), requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(x).float().square().sum().backward()
+        return [x.grad] + [p.grad for p in model.parameters()]
+
+    torch.manual_seed(3)
+    model = layer()
+    recomputed = step(model)
+    model.zero_grad()
+    for module in (channel_wise, cross_scan):
+        monkeypatch.setattr(module, "recompute_saved", lambda *args: contextlib.nullcontext())
+    kept = step(model)
+    for a, b in zip(recomputed, kept):
+        assert torch.equal(a, b)
+
+
 def test_ssd_variant_runs_and_differs_from_s6():
     torch.manual_seed(3)
     x = torch.randn(1, 3, 32, 32)
@@ -172,8 +200,8 @@ def test_training_step_on_the_kernels_traces_to_one_graph():
 def test_token_mixer_keeps_only_what_its_backward_needs():
     """What CrossScanSSM saves for the backward on the kernels under bf16 autocast, in bytes: x (in_proj's
     input), u after the conv and SiLU (u's GEMM, the conv and SiLU are recomputed in the backward from x, not
-    saved between them), z, the x-projection, the four directions' states (one per 32 steps) and out_proj's
-    input. No full delta (the scans form it from the low-rank dt), no copy of in_proj's output beyond z."""
+    saved between them), the x-projection, the four directions' states (one per 32 steps) and out_proj's
+    input. No full delta (the scans form it from the low-rank dt), no z (its GEMM is recomputed from x)."""
     batch, height, width, dim, n = 2, 4, 5, 8, 4
     layer = CrossScanSSM(dim, d_state=n, backend="triton")
     tokens, d_inner = batch * height * width, layer.d_inner
@@ -191,7 +219,7 @@ def test_token_mixer_keeps_only_what_its_backward_needs():
         layer(x)
     x_proj = 4 * (layer.directions[0].dt_rank + 2 * n)
     states = 4 * batch * 1 * n * d_inner * 4  # one chunk of 20 tokens, float32
-    assert sum(saved.values()) == 2 * tokens * (dim + 3 * d_inner + x_proj) + states
+    assert sum(saved.values()) == 2 * tokens * (dim + 2 * d_inner + x_proj) + states
 
 
 def test_bad_input_errors():
