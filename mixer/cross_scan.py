@@ -69,15 +69,22 @@ class CrossScanSSM(nn.Module):
         return F.linear(x, self.in_proj.weight[self.d_inner:], self._in_bias()[1])
 
     def _s6_orders(self, u: torch.Tensor, z: torch.Tensor, height: int) -> torch.Tensor:
-        """u, z: (batch, L, d_inner), the tokens row-major -> the four scans' gated sum, (batch, L, d_inner)."""
-        params = F.linear(u, torch.cat([direction.x_proj.weight for direction in self.directions]))
+        """u, z: (batch, L, d_inner), the tokens row-major -> the four scans' gated sum, (batch, L, d_inner).
+        The four x-projections are one GEMM, run again in the backward rather than kept for the scans."""
+        weights = [direction.x_proj.weight for direction in self.directions]
+
+        def project():
+            return F.linear(u, torch.cat(weights))
+
+        params = project()
         fwd_row, bwd_row, fwd_col, bwd_col = (direction.scan_args(u.mT, p)  # p: (batch, L, dt_rank + 2N)
                                               for direction, p in zip(self.directions, params.chunk(4, dim=-1)))
         backend = self.directions[0].backend
-        rows = selective_scan_bidirectional_fn(**{k: (fwd_row[k], bwd_row[k]) for k in fwd_row}, z=z.mT,
-                                               delta_softplus=True, backend=backend)
-        cols = selective_scan_bidirectional_fn(**{k: (fwd_col[k], bwd_col[k]) for k in fwd_col}, z=z.mT,
-                                               delta_softplus=True, column_grid_height=height, backend=backend)
+        with recompute_saved(params, project, (u, *weights)):
+            rows = selective_scan_bidirectional_fn(**{k: (fwd_row[k], bwd_row[k]) for k in fwd_row}, z=z.mT,
+                                                   delta_softplus=True, backend=backend)
+            cols = selective_scan_bidirectional_fn(**{k: (fwd_col[k], bwd_col[k]) for k in fwd_col}, z=z.mT,
+                                                   delta_softplus=True, column_grid_height=height, backend=backend)
         return (rows + cols).mT
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

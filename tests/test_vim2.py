@@ -96,7 +96,8 @@ def test_mixers_same_on_both_backends_with_gradients(layer):
                                    lambda: ChannelWiseSelectiveMixer(8, d_state=4, backend="triton")],
                          ids=["cross_scan", "channel_wise"])
 def test_mixers_recompute_what_the_scans_would_keep_to_the_bit(layer, monkeypatch):
-    """The gate z (token mixer), u and z (channel mixer) formed again in the backward instead of kept
+    """The gate z and the x-projection (token mixer), u and z (channel mixer) formed again in the backward
+    instead of kept
     (`recompute_saved`): under bf16 autocast, input and every parameter's gradient equal to the bit those of
     the same layer keeping them."""
     from mambamixer.mixer import channel_wise, cross_scan
@@ -200,8 +201,9 @@ def test_training_step_on_the_kernels_traces_to_one_graph():
 def test_token_mixer_keeps_only_what_its_backward_needs():
     """What CrossScanSSM saves for the backward on the kernels under bf16 autocast, in bytes: x (in_proj's
     input), u after the conv and SiLU (u's GEMM, the conv and SiLU are recomputed in the backward from x, not
-    saved between them), the x-projection, the four directions' states (one per 32 steps) and out_proj's
-    input. No full delta (the scans form it from the low-rank dt), no z (its GEMM is recomputed from x)."""
+    saved between them), the four directions' states (one per 32 steps) and out_proj's input. No full delta
+    (the scans form it from the low-rank dt), no z (its GEMM is recomputed from x), no x-projection (its GEMM
+    is recomputed from u)."""
     batch, height, width, dim, n = 2, 4, 5, 8, 4
     layer = CrossScanSSM(dim, d_state=n, backend="triton")
     tokens, d_inner = batch * height * width, layer.d_inner
@@ -217,9 +219,8 @@ def test_token_mixer_keeps_only_what_its_backward_needs():
     x = torch.randn(batch, height, width, dim, requires_grad=True)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
         layer(x)
-    x_proj = 4 * (layer.directions[0].dt_rank + 2 * n)
     states = 4 * batch * 1 * n * d_inner * 4  # one chunk of 20 tokens, float32
-    assert sum(saved.values()) == 2 * tokens * (dim + 2 * d_inner + x_proj) + states
+    assert sum(saved.values()) == 2 * tokens * (dim + 2 * d_inner) + states
 
 
 def test_bad_input_errors():
