@@ -97,9 +97,8 @@ def test_mixers_same_on_both_backends_with_gradients(layer):
                          ids=["cross_scan", "channel_wise"])
 def test_mixers_recompute_what_the_scans_would_keep_to_the_bit(layer, monkeypatch):
     """The gate z and the x-projection (token mixer), u and z (channel mixer) formed again in the backward
-    instead of kept
-    (`recompute_saved`): under bf16 autocast, input and every parameter's gradient equal to the bit those of
-    the same layer keeping them."""
+    instead of kept (`recompute_saved`): under bf16 autocast, input and every parameter's gradient equal to
+    the bit those of the same layer keeping them."""
     from mambamixer.mixer import channel_wise, cross_scan
 
     def step(model):
