@@ -98,24 +98,26 @@ def test_mixers_same_on_both_backends_with_gradients(layer):
 def test_mixers_recompute_what_the_scans_would_keep_to_the_bit(layer, monkeypatch):
     """The gate z and the x-projection (token mixer), u and z (channel mixer) formed again in the backward
     instead of kept (`recompute_saved`): under bf16 autocast, input and every parameter's gradient equal to
-    the bit those of the same layer keeping them."""
+    the bit those of the same layer keeping them, and those of the layer run inside activation checkpointing
+    (whose saved-tensor hooks the recomputation's compose with)."""
     from mambamixer.mixer import channel_wise, cross_scan
 
-    def step(model):
+    def step(model, checkpointed=False):
+        model.zero_grad()
         x = torch.randn(2, 3, 5, 8, generator=torch.Generator().manual_seed(0), requires_grad=True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            model(x).float().square().sum().backward()
-        return [x.grad] + [p.grad for p in model.parameters()]
+            y = torch.utils.checkpoint.checkpoint(model, x, use_reentrant=False) if checkpointed else model(x)
+        y.float().square().sum().backward()
+        return [x.grad] + [p.grad.clone() for p in model.parameters()]
 
     torch.manual_seed(3)
     model = layer()
-    recomputed = step(model)
-    model.zero_grad()
+    recomputed, checkpointed = step(model), step(model, checkpointed=True)
     for module in (channel_wise, cross_scan):
         monkeypatch.setattr(module, "recompute_saved", lambda *args: contextlib.nullcontext())
     kept = step(model)
-    for a, b in zip(recomputed, kept):
-        assert torch.equal(a, b)
+    for a, b, c in zip(recomputed, kept, checkpointed):
+        assert torch.equal(a, b) and torch.equal(a, c)
 
 
 def test_ssd_variant_runs_and_differs_from_s6():
