@@ -30,6 +30,8 @@ def _extent(t: torch.Tensor) -> tuple[int, int]:
 
 
 class _RecomputeHooks(torch.autograd.graph.saved_tensors_hooks):
+    """The hooks of `recompute_saved`; they hold value's geometry, not value."""
+
     def __init__(self, value: torch.Tensor, make: Callable[[], torch.Tensor], inputs: tuple[torch.Tensor, ...]):
         storage, (first, last) = value.untyped_storage().data_ptr(), _extent(value)
         geometry = (value.shape, value.stride(), value.dtype)
@@ -72,7 +74,7 @@ class _RecomputeHooks(torch.autograd.graph.saved_tensors_hooks):
 def recompute_saved(value: torch.Tensor, make: Callable[[], torch.Tensor],
                     inputs: tuple[torch.Tensor, ...]) -> contextlib.AbstractContextManager:
     """A context in which autograd keeps no tensor that is `value` or a view of it: the backward forms value
-    again with `make()` (without grad, under the autocast state of the forward, once for every view it takes)
+    again with `make()` (without grad, under the autocast state of the forward, once for all the views it takes)
     and takes the same views of it. Other saved tensors go to any hooks outside the context, as without it.
 
     make: a function of `inputs` that autograd keeps anyway (and not of value: a reference to it would keep
