@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,9 +61,9 @@ def summary(rows: list[dict]) -> list[dict]:
                                                                                             kv[0][2])):
         row = {"experiment": experiment, "seq_len": seq_len, "pred_len": pred_len, "runs": len(runs)}
         for metric in ("test/mse", "test/mae"):
-            values = torch.tensor([r[metric] for r in runs], dtype=torch.float64)
-            row[metric] = values.mean().item()
-            row[metric + "_std"] = values.std().item() if len(runs) > 1 else 0.0
+            values = [r[metric] for r in runs]
+            row[metric] = statistics.mean(values)
+            row[metric + "_std"] = statistics.stdev(values) if len(runs) > 1 else 0.0
         out.append(row)
     return out
 
