@@ -224,6 +224,30 @@ def test_token_mixer_keeps_only_what_its_backward_needs():
     assert sum(saved.values()) == 2 * tokens * (dim + 2 * d_inner) + states
 
 
+def test_channel_mixer_keeps_only_what_its_backward_needs():
+    """What ChannelWiseSelectiveMixer saves for the backward on the kernels under bf16 autocast, in bytes: its
+    input transposed (batch, dim, tokens) for the channel-wise map, both directions' states (one per 32
+    channel steps, here one) and the scans' output for the map back. Not the lifted u and z: the backward
+    forms them again from the transposed input."""
+    batch, height, width, dim, n, e = 3, 4, 5, 8, 4, 2
+    layer = ChannelWiseSelectiveMixer(dim, expand=e, d_state=n, backend="triton")
+    tokens = height * width
+    params = {p.untyped_storage().data_ptr() for p in layer.parameters()}
+    saved = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params and t.shape[0] == batch:  # activations, not weight casts
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    x = torch.randn(batch, height, width, dim, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(x)
+    states = 2 * batch * 1 * n * tokens * e * 4  # float32
+    assert sum(saved.values()) == 2 * batch * tokens * dim * (1 + e) + states
+
+
 def test_bad_input_errors():
     model = ViM2(num_classes=3, dims=(8, 16), depths=(1, 1))
     with pytest.raises(ValueError, match=r"x: expected height and width divisible by 8, got \(30, 32\)"):
