@@ -87,6 +87,16 @@ class CrossScanSSM(nn.Module):
                                                    delta_softplus=True, column_grid_height=height, backend=backend)
         return (rows + cols).mT
 
+    def _ssd_orders(self, u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """u, z: (batch, H, W, d_inner) -> the four SSD scans' gated sum, (batch, H, W, d_inner)."""
+        _, height, width, _ = u.shape
+        u, z = u.permute(0, 3, 1, 2), z.permute(0, 3, 1, 2)  # (batch, d_inner, H, W)
+        rows = self.directions[0](u.flatten(2), z.flatten(2)) + self.directions[1](u.flatten(2), z.flatten(2))
+        u_cols, z_cols = u.transpose(2, 3).flatten(2), z.transpose(2, 3).flatten(2)
+        cols = self.directions[2](u_cols, z_cols) + self.directions[3](u_cols, z_cols)
+        y = rows.unflatten(2, (height, width)) + cols.unflatten(2, (width, height)).transpose(2, 3)
+        return y.permute(0, 2, 3, 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[-1] != self.dim:
             raise ValueError(f"x: expected shape (batch, H, W, dim={self.dim}), got {tuple(x.shape)}")
@@ -103,11 +113,5 @@ class CrossScanSSM(nn.Module):
                 y = self._s6_orders(u.reshape(batch, height * width, -1), z.reshape(batch, height * width, -1),
                                     height)
             else:
-                u, z = u.permute(0, 3, 1, 2), z.permute(0, 3, 1, 2)  # (batch, d_inner, H, W)
-                rows = self.directions[0](u.flatten(2), z.flatten(2)) + self.directions[1](u.flatten(2), z.flatten(2))
-                u_cols, z_cols = u.transpose(2, 3).flatten(2), z.transpose(2, 3).flatten(2)
-                cols = self.directions[2](u_cols, z_cols) + self.directions[3](u_cols, z_cols)
-        if self.ssm == "s6":
-            return self.out_proj(y).view(batch, height, width, self.dim)
-        y = rows.view(batch, -1, height, width) + cols.view(batch, -1, width, height).transpose(2, 3)
-        return self.out_proj(y.permute(0, 2, 3, 1))
+                y = self._ssd_orders(u, z)
+        return self.out_proj(y).view(batch, height, width, self.dim)
