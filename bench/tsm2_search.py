@@ -21,9 +21,11 @@ by the next call (OOM_ATTEMPTS runs in all at most). Trials still running after 
 stopped; none starts after --start-until seconds (by default --stop-after), so that those started earlier
 can finish. A stopped trial is not recorded: the next call asks for the same parameters again, and with the
 same --work on the same machine its run goes on from its last checkpoint (as `train.py ckpt_path=...`
-resumes a run) instead of starting over. A study with all its trials writes
-DIR/<study>/optimization_results.yaml as the sweeper does, so `python -m mambamixer.utils.tuned DIR/<study>`
-saves its best settings to conf/tuned/.
+resumes a run) instead of starting over. Each call also writes the study's setting
+as a trial's .hydra folder would hold it: DIR/<study>/config.yaml (the composed config) and overrides.yaml (the
+command line). A study with all its trials writes DIR/<study>/optimization_results.yaml as the sweeper does
+(with its trial count), so `python -m mambamixer.utils.tuned DIR/<study>` saves its best settings to
+conf/tuned/.
 Prints a table of the studies it ran; `--report` prints the table of every study in DIR.
 """
 
@@ -44,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
@@ -67,6 +70,19 @@ def search_config(seed: int) -> dict:
     sampler["seed"] = seed  # the config's ${seed}
     return {"space": space, "n_trials": int(sweeper.n_trials), "sampler": sampler, "metric": cfg.optimized_metric,
             "direction": sweeper.direction}
+
+
+def write_setting(folder: Path, experiment: str, pred_len: int, seq_len: int, overrides: list[str]) -> None:
+    """folder/config.yaml and folder/overrides.yaml: a study's composed config and command line, what a
+    Hydra trial's .hydra folder holds and `mambamixer.utils.tuned` reads (experiment, data file, lengths,
+    objective, the search's fixed overrides). Composes with Hydra's global state: not from several threads."""
+    command = ["hparams_search=tsm2_optuna", f"experiment={experiment}", f"data.pred_len={pred_len}",
+               f"data.seq_len={seq_len}", "use_tuned=false", *overrides]
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=command)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=False))
+    (folder / "overrides.yaml").write_text(OmegaConf.to_yaml(command))
 
 
 def load_trials(path: Path) -> list[dict]:
@@ -244,7 +260,8 @@ def search(experiment: str, pred_len: int, seq_len: int, config: dict, overrides
         shutil.rmtree(scratch, ignore_errors=True)
     row = summary(folder, config["n_trials"])
     if row["best"] is not None and row["trials"] >= config["n_trials"] and not row["oom_reruns"]:
-        results = {"name": "optuna", "best_params": row["best"]["params"], "best_value": row["best"]["value"]}
+        results = {"name": "optuna", "best_params": row["best"]["params"], "best_value": row["best"]["value"],
+                   "n_trials": row["trials"]}
         (folder / "optimization_results.yaml").write_text(OmegaConf.to_yaml(results))
     return row
 
@@ -292,6 +309,8 @@ def main() -> None:
     if not args.experiments:
         parser.error("--experiments is required (or --report)")
     jobs = [(e, int(h)) for e in args.experiments.split(",") for h in args.horizons.split(",")]
+    for e, h in jobs:
+        write_setting(args.out / f"{e}_L{args.seq_len}_H{h}", e, h, args.seq_len, args.overrides)
     lock = threading.Lock()
     with ThreadPoolExecutor(len(jobs)) as pool:
         futures = [pool.submit(search, e, h, args.seq_len, config, args.overrides, args.out, deadline, lock,

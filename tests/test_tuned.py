@@ -125,6 +125,26 @@ def test_a_search_resumed_across_calls_asks_what_one_call_would(tmp_path, monkey
     assert results.best_value == whole["best"]["value"] and results.best_params == whole["best"]["params"]
 
 
+def test_a_finished_study_saves_its_best_as_the_tuned_file(tmp_path, monkeypatch):
+    """bench/tsm2_search.py: a study folder (its setting written beside its trials) is what
+    `mambamixer.utils.tuned` saves from, as from a Hydra multirun folder: the run's file, the trial count."""
+    search = _search_module()
+    config = search.search_config(seed=2024)
+    config["n_trials"] = 3
+    monkeypatch.setattr(search, "run_trial", lambda experiment, pred_len, params, *args, **kwargs: (
+        "COMPLETE", {"val/mse_best": params["task.optimizer.lr"]}))
+    study = tmp_path / "out" / "tsm2_etth2_L96_H336"
+    search.write_setting(study, "tsm2_etth2", 336, 96, ["trainer=gpu", "model.revin_stats=window",
+                                                        "+trainer.enable_progress_bar=false"])
+    row = search.search("tsm2_etth2", 336, 96, config, [], tmp_path / "out", float("inf"), threading.Lock())
+    path = save_tuned(study, tmp_path / "tuned")
+    assert path == tmp_path / "tuned" / "tsm2_etth2" / "ETTh2_L96_H336.yaml"
+    assert f"best of 3 trials of val/mse_best = {row['best']['value']:.6g}" in path.read_text()
+    command_line = ["experiment=tsm2_etth2", "data.seq_len=96", "data.pred_len=336"]
+    tuned = apply_tuned(composed(*command_line), command_line, tmp_path / "tuned")
+    assert tuned["settings"] == {"model.revin_stats": "window", **row["best"]["params"]}
+
+
 def test_a_trial_out_of_gpu_memory_is_run_again_not_counted_as_failed(tmp_path, monkeypatch):
     """bench/tsm2_search.py: a trial that runs out of GPU memory (another study's trial held it) is retried in
     the call; one recorded as failed that way is run again first by the next call, under its number. Either

@@ -5,6 +5,9 @@ small config that later runs of the same experiment pick up.
     python -m mambamixer.utils.tuned multirun/tsm2_etth1/<date>_<time>_<id>               # save its best
     python train.py experiment=tsm2_etth1 data.pred_len=720                                 # uses them
 
+A study folder of `bench/tsm2_search.py` (which writes the setting's config.yaml and overrides.yaml beside
+its optimization_results.yaml) is saved from the same way as Hydra's multirun folder.
+
 A tuned file is `conf/tuned/<task_name>/<data file>_L<seq_len>_H<pred_len>.yaml`: dotted config keys and
 their values, as the search's `optimization_results.yaml` gives them in `best_params`. `train.py` applies it
 under the command line (a key given there keeps its value) unless `use_tuned=false`; searches run with it off.
@@ -65,9 +68,11 @@ def save_tuned(sweep_dir: Path, tuned_dir: Path = TUNED_DIR) -> Path:
         raise FileNotFoundError(f"{results_file}: not found; sweep_dir must be a finished search's folder "
                                 "(python train.py -m hparams_search=...)")
     results = OmegaConf.load(results_file)
-    trial_config = next(iter(sorted(sweep_dir.glob("*/.hydra/config.yaml"))), None)
+    trial_config = sweep_dir / "config.yaml"  # bench/tsm2_search.py's study folder holds its setting itself
+    if not trial_config.exists():
+        trial_config = next(iter(sorted(sweep_dir.glob("*/.hydra/config.yaml"))), None)
     if trial_config is None:
-        raise FileNotFoundError(f"{sweep_dir}: no trial folder with .hydra/config.yaml")
+        raise FileNotFoundError(f"{sweep_dir}: no trial folder with .hydra/config.yaml, nor a config.yaml")
     cfg = OmegaConf.load(trial_config)
     # The search's own fixed overrides (model.revin_stats=window, say) are part of what it found best.
     overrides = OverridesParser.create().parse_overrides(list(OmegaConf.load(trial_config.parent / "overrides.yaml")))
@@ -77,8 +82,9 @@ def save_tuned(sweep_dir: Path, tuned_dir: Path = TUNED_DIR) -> Path:
     settings = {**fixed, **results.best_params}
     path = tuned_path(tuned_dir, cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
+    trials = results.get("n_trials", len(list(sweep_dir.glob("*/.hydra"))))
     header = (f"# Tuned settings of experiment {cfg.task_name} at input length {cfg.data.seq_len}, horizon "
-              f"{cfg.data.pred_len}:\n# the best of {len(list(sweep_dir.glob('*/.hydra')))} trials of "
+              f"{cfg.data.pred_len}:\n# the best of {trials} trials of "
               f"{cfg.get('optimized_metric')} = {results.best_value:.6g} (seed {cfg.seed}).\n")
     path.write_text(header + OmegaConf.to_yaml(settings))
     return path
@@ -86,7 +92,8 @@ def save_tuned(sweep_dir: Path, tuned_dir: Path = TUNED_DIR) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sweep_dir", type=Path, help="a finished search's folder (holds optimization_results.yaml)")
+    parser.add_argument("sweep_dir", type=Path, help="a finished search's folder (holds "
+                        "optimization_results.yaml): Hydra's multirun folder or a tsm2_search study")
     parser.add_argument("--tuned-dir", type=Path, default=TUNED_DIR)
     args = parser.parse_args()
     print(save_tuned(args.sweep_dir, args.tuned_dir))
