@@ -63,14 +63,15 @@ class OperatorCount(TorchDispatchMode):
 
 
 def scan_inputs(device):
-    """bf16 (2, 64, 16) u, delta, z, B, C with N = 16, float32 A, D, delta_bias, all requiring grad."""
+    """bf16 (2, 64, 16) u, delta, z, B, C with N = 16, float32 A (channels adjacent, as the layers store it), D,
+    delta_bias, all requiring grad."""
     g = torch.Generator(device=device).manual_seed(0)
 
     def randn(*shape, dtype=torch.bfloat16):
         return torch.randn(*shape, device=device, generator=g).to(dtype).requires_grad_(True)
 
     return dict(u=randn(2, 64, 16), delta=randn(2, 64, 16), z=randn(2, 64, 16), B=randn(2, 16, 16),
-                C=randn(2, 16, 16), A=(-torch.rand(64, 16, device=device, generator=g)).requires_grad_(True),
+                C=randn(2, 16, 16), A=(-torch.rand(16, 64, device=device, generator=g)).t().requires_grad_(True),
                 D=randn(64, dtype=torch.float32), delta_bias=randn(64, dtype=torch.float32))
 
 

@@ -42,7 +42,8 @@ def rel(a, b) -> float:
 
 
 def inputs(batch, dim, length, n, dtype, groups=None, seed=0):
-    """Mamba-like inputs: delta_bias from dt log-uniform in [1e-3, 0.1], S4D-real A, unit-scale the rest."""
+    """Mamba-like inputs: delta_bias from dt log-uniform in [1e-3, 0.1], S4D-real A (its channels adjacent, as
+    the layers store it), unit-scale the rest."""
     g = torch.Generator(device="cuda").manual_seed(seed)
 
     def randn(*shape):
@@ -52,7 +53,7 @@ def inputs(batch, dim, length, n, dtype, groups=None, seed=0):
     dt = torch.exp(torch.rand(dim, device="cuda", generator=g) * (torch.log(torch.tensor(100.0))) + torch.log(
         torch.tensor(1e-3)))
     return dict(u=randn(batch, dim, length).to(dtype), delta=(0.5 * randn(batch, dim, length)).to(dtype),
-                A=-torch.arange(1, n + 1, device="cuda", dtype=torch.float32).repeat(dim, 1),
+                A=-torch.arange(1, n + 1, device="cuda", dtype=torch.float32).repeat(dim, 1).t().contiguous().t(),
                 B=randn(*bc).to(dtype), C=randn(*bc).to(dtype), D=randn(dim), z=randn(batch, dim, length).to(dtype),
                 delta_bias=dt + torch.log(-torch.expm1(-dt)))
 

@@ -93,13 +93,16 @@ class S6Direction(_Direction):
         nn.init.uniform_(self.dt_proj.weight, -std, std)
         with torch.no_grad():
             self.dt_proj.bias.copy_(_inverse_softplus_dt(d_inner, dt_min, dt_max, dt_init_floor))
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)))
+        # Stored with its channels adjacent (strides (1, d_inner)), the layout the Triton kernels read A in;
+        # -exp(A_log) keeps it, so no call copies A.
+        a_log = torch.log(torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1))
+        self.A_log = nn.Parameter(a_log.t().contiguous().t())
         self.D = nn.Parameter(torch.ones(d_inner))
         self._no_weight_decay(self.A_log, self.D, self.dt_proj.bias)
 
     @property
     def A(self) -> torch.Tensor:
-        """(d_inner, d_state) float32, negative."""
+        """(d_inner, d_state) float32, negative, its channels adjacent (as A_log)."""
         return -torch.exp(self.A_log.float())
 
     def scan_inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -124,8 +124,8 @@ def s6_host():
     return module
 
 
-SHAPE_ONLY = {"empty", "new_empty", "view", "transpose", "t", "select", "unsqueeze", "split_with_sizes", "permute",
-              "detach", "slice", "alias"}
+SHAPE_ONLY = {"empty", "empty_like", "new_empty", "view", "transpose", "t", "select", "unsqueeze", "split_with_sizes",
+              "permute", "detach", "slice", "alias"}
 
 
 def computing(counts: collections.Counter) -> dict[str, int]:

@@ -268,10 +268,13 @@ def test_custom_ops_pass_opcheck(taps, layout):
 def test_eager_backward_sums_each_weight_gradient_once(monkeypatch):
     """Without a conv, the eager backward computes in torch only the five per-weight sums of each direction
     (A, x_weight, dt_weight, D, dt_bias over the batch and the groups), each one reduction straight into its
-    layout; the forward computes nothing beside the kernels. The launches are skipped."""
+    layout; the forward computes nothing beside the kernels (A stored with its channels adjacent, as the layers
+    keep it: no copy). The launches are skipped."""
     host = s6_host()
     host.skip_launches(monkeypatch.setattr)
     fwd, bwd, z = inputs(dtype=torch.float32)
+    for d in (fwd, bwd):
+        d["A"] = d["A"].detach().t().contiguous().t().requires_grad_(True)
     with torch.no_grad(), host.OperatorCount() as forward:
         call(fwd, bwd, z, backend="triton")
     assert computing(forward.counts) == {}

@@ -373,12 +373,18 @@ def test_scan_custom_ops_pass_opcheck(layout, cols):
 
 def test_eager_call_computes_little_besides_the_kernels(monkeypatch):
     """An eager forward computes nothing in torch beside the kernels, and a forward+backward only the sums of
-    dA, dD and d(delta_bias), the casts of bf16 dB and dC and one zero fill (no copy of A, no zero gradients
-    for the non-differentiable outputs). The launches are skipped: the interpreter's copies would count."""
+    dA, dD and d(delta_bias), the casts of bf16 dB and dC and one zero fill (no zero gradients for the
+    non-differentiable outputs). A stored with its channels adjacent, as the layers keep it, is not copied;
+    another A is, once per call, into that layout. The launches are skipped: the interpreter's copies would
+    count."""
     host = s6_host()
     host.skip_launches(monkeypatch.setattr)
-    a = with_grad({k: v.to(torch.float32 if k in ("A", "D", "delta_bias") else torch.bfloat16)
-                   if isinstance(v, torch.Tensor) else v for k, v in s6_inputs(length=16).items()})
+    a = {k: v.to(torch.float32 if k in ("A", "D", "delta_bias") else torch.bfloat16)
+         if isinstance(v, torch.Tensor) else v for k, v in s6_inputs(length=16).items()}
+    with torch.no_grad(), host.OperatorCount() as forward:
+        selective_scan_fn(**a, backend="triton")
+    assert computing(forward.counts) == {"clone": 1}
+    a = with_grad({**a, "A": a["A"].t().contiguous().t()})
     with torch.no_grad(), host.OperatorCount() as forward:
         selective_scan_fn(**a, backend="triton")
     assert computing(forward.counts) == {}

@@ -62,7 +62,10 @@ class ScanDirection(NamedTuple):
         """The kernels' `Direction` for the batch rows `rows` (None: all), with the (full-batch) states and
         summaries."""
         dim = self.u.shape[1]
-        A = self.A  # read once per program through its strides: a copy would cost a launch per call
+        # A with its channels adjacent, as the kernels hold the state (N, channels): read through other strides,
+        # Triton lays the loaded tile out differently and converts it in the loops (12 % slower forward on an
+        # H100). The layers store A_log that way, so -exp(A_log) needs no copy here.
+        A = self.A if self.A.stride(0) == 1 else self.A.t().contiguous().t()
 
         def grouped(t):  # B or C as (batch, G, N, L)
             return None if t is None else GroupedSeq.of(_rows(t if t.dim() == 4 else t.unsqueeze(1), rows), dim)
@@ -361,7 +364,7 @@ def _finish_grads(grads: Gradients, direction: ScanDirection, empties: bool) -> 
     dC = (grads.dC if C.dim() == 4 else grads.dC[:, 0]).to(C.dtype, copy=empties)
     dD = _absent(du, empties) if D is None else grads.dD.sum((0, 1)).to(D.dtype)
     dbias = _absent(du, empties) if delta_bias is None else grads.d_delta_bias.sum((0, 1)).to(delta_bias.dtype)
-    dA = torch.empty(A.shape, dtype=torch.float32, device=A.device)  # (dim, N): summed into, no transposed copy
+    dA = torch.empty_like(A, dtype=torch.float32)  # (dim, N) in A's layout: summed into, no copy
     torch.sum(grads.dA.transpose(2, 3), (0, 1), out=dA)
     return [du, grads.ddelta, dA.to(A.dtype), dB, dC, dD, dbias]
 
@@ -449,17 +452,17 @@ def _(dout, states, states_rev, u, delta, A, B, C, D, delta_bias, u_rev, delta_r
       delta_bias_rev, z, dt_weight, dt_weight_rev, delta_softplus, reverse, cols):
     token_major = _token_major(u)
 
-    def like(t, scan_layout):  # the scan's (..., X, L) tensors take u's layout, the rest are contiguous
+    def like(t, layout):  # "scan": u's layout (the (..., X, L) tensors), "own": t's (dA), else contiguous
         if t is None:
             return u.new_empty(0)
-        if scan_layout:
+        if layout == "scan":
             return _empty_scan_layout(t.shape, token_major, dtype=t.dtype, device=t.device)
-        return torch.empty_like(t, memory_format=torch.contiguous_format)
+        return torch.empty_like(t) if layout == "own" else torch.empty_like(t, memory_format=torch.contiguous_format)
 
     directions = ((u, delta, A, B, C, D, delta_bias), (u_rev, delta_rev, A_rev, B_rev, C_rev, D_rev, delta_bias_rev))
-    scan_layout = (True, True, False, True, True, False, False)
-    return ([like(t, scan) for direction in directions for t, scan in zip(direction, scan_layout)]
-            + [like(z, True), like(dt_weight, False), like(dt_weight_rev, False)])
+    layouts = ("scan", "scan", "own", "scan", "scan", None, None)
+    return ([like(t, layout) for direction in directions for t, layout in zip(direction, layouts)]
+            + [like(z, "scan"), like(dt_weight, None), like(dt_weight_rev, None)])
 
 
 def _setup_context(ctx, inputs, output):
@@ -539,13 +542,14 @@ def selective_scan_bidirectional_triton(forward, backward, z=None, delta_softplu
     return _scan(*forward, *backward, z, *delta_proj_weight, delta_softplus, False, save, cols)[0]
 
 
-def _per_weight(t: torch.Tensor, e: int, transpose: bool = False) -> torch.Tensor:
-    """(batch, groups * e, ...) per-channel partial sums -> (e, ...), contiguous, summed over the batch and the
-    groups in one reduction; with `transpose`, (batch, groups * e, X) -> (X, e)."""
+def _per_weight(t: torch.Tensor, e: int, transpose: bool = False, like: torch.Tensor | None = None) -> torch.Tensor:
+    """(batch, groups * e, ...) per-channel partial sums -> (e, ...), summed over the batch and the groups in one
+    reduction, contiguous or in the layout of `like`; with `transpose`, (batch, groups * e, X) -> (X, e)."""
     parts = t.unflatten(1, (-1, e))
     if transpose:
         parts = parts.transpose(2, 3)
-    return torch.sum(parts, (0, 1), out=parts.new_empty(parts.shape[2:]))
+    out = parts.new_empty(parts.shape[2:]) if like is None else torch.empty_like(like, dtype=t.dtype)
+    return torch.sum(parts, (0, 1), out=out)
 
 
 def _conv_by_lag(weight, reverse):
@@ -590,7 +594,7 @@ def _projected_bwd(dout, states, states_rev, z, *inputs):
     per_direction = (inputs[:6], inputs[6:12])
     convs = (inputs[12:14], inputs[14:16])
     for g, (_, A, Wx, wdt, D, bias), (cw, cb), reverse in zip(grads, per_direction, convs, (False, True)):
-        out += [g.du, _per_weight(g.dA.transpose(1, 2), e).to(A.dtype),
+        out += [g.du, _per_weight(g.dA.transpose(1, 2), e, like=A).to(A.dtype),
                 _per_weight(g.dWx, e, transpose=True).to(Wx.dtype), _per_weight(g.dw_dt, e).to(wdt.dtype),
                 _per_weight(g.dD, e).to(D.dtype),
                 _per_weight(g.d_delta_bias, e).to(bias.dtype)]
@@ -639,8 +643,10 @@ def selective_scan_projected_bwd(
 @selective_scan_projected_bwd.register_fake
 def _(dout, states, states_rev, z, *inputs):
     layout_of = {0: inputs[0], 1: inputs[0], 7: inputs[6]}  # dz, du, du_r take their u's layout (`_token_major`)
+    own = (2, 8)  # dA, dA_r take A's
     return [dout.new_empty(0) if t is None else
             _empty_scan_layout(t.shape, _token_major(layout_of[i]), dtype=t.dtype, device=t.device) if i in layout_of
+            else torch.empty_like(t) if i in own
             else torch.empty_like(t, memory_format=torch.contiguous_format) for i, t in enumerate((z, *inputs))]
 
 
