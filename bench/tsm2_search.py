@@ -21,11 +21,10 @@ by the next call (OOM_ATTEMPTS runs in all at most). Trials still running after 
 stopped; none starts after --start-until seconds (by default --stop-after), so that those started earlier
 can finish. A stopped trial is not recorded: the next call asks for the same parameters again, and with the
 same --work on the same machine its run goes on from its last checkpoint (as `train.py ckpt_path=...`
-resumes a run) instead of starting over. Each call also writes the study's setting
-as a trial's .hydra folder would hold it: DIR/<study>/config.yaml (the composed config) and overrides.yaml (the
-command line). A study with all its trials writes DIR/<study>/optimization_results.yaml as the sweeper does
-(with its trial count), so `python -m mambamixer.utils.tuned DIR/<study>` saves its best settings to
-conf/tuned/.
+resumes a run) instead of starting over. Each call also writes each study's setting as a trial's .hydra
+folder would hold it: DIR/<study>/config.yaml (the composed config) and overrides.yaml (the command line). A
+study with all its trials writes DIR/<study>/optimization_results.yaml as the sweeper does (with its trial
+count), so `python -m mambamixer.utils.tuned DIR/<study>` saves its best settings to conf/tuned/.
 Prints a table of the studies it ran; `--report` prints the table of every study in DIR.
 """
 
