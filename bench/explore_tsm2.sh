@@ -5,7 +5,7 @@ i=0
 while read -r overrides; do
   i=$((i + 1))
   timeout 560 python3 bench/forecasting.py --out "$out/g$i" --runs /tmp/runs/g$i --experiments tsm2_etth1 \
-    --horizons 96 --jobs 1 -- trainer=gpu $overrides > "/tmp/g$i.log" 2>&1 &
+    --horizons 96 --jobs 1 -- trainer=gpu use_tuned=false $overrides > "/tmp/g$i.log" 2>&1 &
 done <<'GRID'
 task.optimizer.lr=1e-3
 task.optimizer.lr=1e-4

@@ -46,6 +46,13 @@ def test_tuned_settings_belong_to_one_data_input_length_and_horizon(tmp_path, ot
     assert cfg.model.d_model == composed("experiment=tsm2_etth1").model.d_model
 
 
+@pytest.mark.parametrize("experiment", ["tsm2_etth1", "tsm2_etth2", "tsm2_exchange", "tsm2_illness"])
+def test_tsm2_experiments_use_tuned_settings_and_the_default_run_and_searches_do_not(experiment):
+    assert composed(f"experiment={experiment}").use_tuned is True
+    assert composed(f"experiment={experiment}", "hparams_search=tsm2_optuna").use_tuned is False
+    assert composed().use_tuned is False
+
+
 def test_a_tuned_key_missing_from_the_config_is_named(tmp_path):
     cfg = composed("experiment=tsm2_etth1")
     path = write_tuned(tmp_path, cfg, {"model.d_modle": 32})
