@@ -109,8 +109,8 @@ def test_multirun_over_two_horizons(tmp_path):
 def test_optuna_search_minimises_the_best_validation_mse(tmp_path):
     """hparams_search=tsm2_optuna: trials sampled by TPE with a fixed seed, each returning the best validation
     MSE of its run; the best trial's overrides are printed and written to optimization_results.yaml."""
-    result = run("-m", "hparams_search=tsm2_optuna", *TINY, "trainer.max_epochs=1", "hydra.sweeper.n_trials=3",
-                 "hydra.sweeper.sampler.n_startup_trials=2", f"hydra.sweep.dir={tmp_path}")
+    result = run("-m", "hparams_search=tsm2_optuna", "experiment=tsm2_etth1", *TINY, "trainer.max_epochs=1",
+                 "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.n_startup_trials=2", f"hydra.sweep.dir={tmp_path}")
     trials = [json.loads((tmp_path / str(i) / "metrics.json").read_text()) for i in range(3)]
     best = OmegaConf.load(tmp_path / "optimization_results.yaml")
     assert best.best_value == pytest.approx(min(t["val/mse_best"] for t in trials))
@@ -119,8 +119,8 @@ def test_optuna_search_minimises_the_best_validation_mse(tmp_path):
     # Saved as the experiment's tuned settings, a later run of it (same input length and horizon) takes them.
     tuned_dir = tmp_path / "tuned"
     save_tuned(tmp_path, tuned_dir)
-    metrics, out_dir = metrics_of(run(*TINY, "trainer.max_epochs=1", f"paths.tuned_dir={tuned_dir}",
-                                      f"hydra.run.dir={tmp_path / 'tuned_run'}"))
+    metrics, out_dir = metrics_of(run("experiment=tsm2_etth1", *TINY, "trainer.max_epochs=1",
+                                      f"paths.tuned_dir={tuned_dir}", f"hydra.run.dir={tmp_path / 'tuned_run'}"))
     assert OmegaConf.load(out_dir / "tuned.yaml").settings == best.best_params
     best_trial = min(range(3), key=lambda i: trials[i]["val/mse_best"])
     assert metrics["parameters"] == trials[best_trial]["parameters"]
