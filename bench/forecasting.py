@@ -8,13 +8,16 @@ process (hydra.run.dir=RUNS/E_L_H[_sS], RUNS defaulting to DIR/runs). Writes DIR
 per run: the command, test MSE/MAE, epochs, parameters, wall time) as runs finish, and prints a table; with
 several seeds, also each setting's test MSE and MAE as mean +- standard deviation over its seeds. A run whose
 command already has a finished row in DIR/forecasting.json is not run again, so a call cut off by a time limit
-is continued by the same command.
+is continued by the same command. With --stop-after S, runs still going after S seconds are stopped and none
+starts later; the next call with the same RUNS goes on from each stopped run's last checkpoint (as `train.py
+ckpt_path=...` resumes a run), and its row's wall time counts both parts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -24,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "train.py"
+STOPPED = "stopped.json"  # in a run folder: the command and wall time of a run stopped at a deadline
 
 
 def arguments(experiment: str, seq_len: int, pred_len: int, seed: int | None, overrides: list[str]) -> list[str]:
@@ -32,21 +37,49 @@ def arguments(experiment: str, seq_len: int, pred_len: int, seed: int | None, ov
     return [f"experiment={experiment}", f"data.seq_len={seq_len}", f"data.pred_len={pred_len}", *seed_arg, *overrides]
 
 
-def run_one(experiment: str, seq_len: int, pred_len: int, seed: int | None, overrides: list[str], runs: Path) -> dict:
+def run_one(experiment: str, seq_len: int, pred_len: int, seed: int | None, overrides: list[str], runs: Path,
+            deadline: float = math.inf) -> dict | None:
+    """One run's row, or None when it was stopped at `deadline` (its folder then holds STOPPED for the next call)."""
     run_dir = runs / (f"{experiment}_{seq_len}_{pred_len}" + ("" if seed is None else f"_s{seed}"))
     args = arguments(experiment, seq_len, pred_len, seed, overrides)
     command = "python train.py " + " ".join(args)
+    earlier_s, resume = _stopped_run(run_dir, command)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     start = time.time()
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"], cwd=ROOT,
-                            env=env, capture_output=True, text=True)
+    with subprocess.Popen([sys.executable, str(TRAIN), *args, f"hydra.run.dir={run_dir}", *resume], cwd=ROOT,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        try:
+            output, _ = proc.communicate(timeout=None if deadline == math.inf else max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            wall_s = earlier_s + time.time() - start
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / STOPPED).write_text(json.dumps({"command": command, "wall_time_s": wall_s}) + "\n")
+            return None
     row = {"experiment": experiment, "seq_len": seq_len, "pred_len": pred_len, "seed": seed, "command": command,
-           "wall_time_s": round(time.time() - start, 1), "returncode": result.returncode}
-    if result.returncode == 0:
+           "wall_time_s": round(earlier_s + time.time() - start, 1), "returncode": proc.returncode}
+    if proc.returncode == 0:
         row.update(json.loads((run_dir / "metrics.json").read_text()))
     else:
-        row["error"] = (result.stdout + result.stderr)[-2000:]
+        row["error"] = output[-2000:]
     return row
+
+
+def _stopped_run(run_dir: Path, command: str) -> tuple[float, list[str]]:
+    """(the seconds it ran, train.py's resume override) for a run of `command` stopped at an earlier call's
+    deadline in run_dir, else (0.0, [])."""
+    stopped, last = run_dir / STOPPED, run_dir / "checkpoints" / "last.ckpt"
+    if not (stopped.exists() and last.exists()):
+        return 0.0, []
+    record = json.loads(stopped.read_text())
+    stopped.unlink()
+    return (record["wall_time_s"], [f"ckpt_path={last}"]) if record["command"] == command else (0.0, [])
+
+
+def _run_before(deadline: float, *job) -> dict | None:
+    """`run_one(*job, deadline=deadline)`, or None without running once the deadline has passed."""
+    return run_one(*job, deadline=deadline) if time.time() < deadline else None
 
 
 def summary(rows: list[dict]) -> list[dict]:
@@ -77,8 +110,11 @@ def main() -> None:
     parser.add_argument("--horizons", default="96,192,336,720")
     parser.add_argument("--seeds", help="comma-separated seeds, each run once per seed (default: the configs' seed)")
     parser.add_argument("--jobs", type=int, default=4, help="runs at once")
+    parser.add_argument("--stop-after", type=float, default=math.inf,
+                        help="seconds; runs still going are stopped, to go on in the next call")
     parser.add_argument("overrides", nargs="*", help="passed to every train.py run (after --)")
     args = parser.parse_args()
+    deadline = time.time() + args.stop_after
     seeds = [None] if args.seeds is None else [int(s) for s in args.seeds.split(",")]
     jobs = [(e, int(s), int(h), seed) for e in args.experiments.split(",") for s in args.seq_lens.split(",")
             for h in args.horizons.split(",") for seed in seeds]
@@ -88,10 +124,12 @@ def main() -> None:
     finished = {r["command"] for r in rows}
     jobs = [job for job in jobs if "python train.py " + " ".join(arguments(*job, args.overrides)) not in finished]
     with ThreadPoolExecutor(args.jobs) as pool:
-        futures = [pool.submit(run_one, *job, args.overrides, args.runs or args.out / "runs") for job in jobs]
+        futures = [pool.submit(_run_before, deadline, *job, args.overrides, args.runs or args.out / "runs")
+                   for job in jobs]
         for future in as_completed(futures):  # written as runs finish, so a cut-off call keeps what ran
-            rows.append(future.result())
-            results.write_text(json.dumps(rows, indent=2) + "\n")
+            if (row := future.result()) is not None:
+                rows.append(row)
+                results.write_text(json.dumps(rows, indent=2) + "\n")
     rows.sort(key=lambda r: (r["experiment"], -r["seq_len"], r["pred_len"], r.get("seed") or 0))
     print(f"{'experiment':<18}{'L':>5}{'H':>5}{'seed':>6}{'test MSE':>10}{'test MAE':>10}{'epochs':>8}{'time s':>8}")
     for r in rows:

@@ -1,8 +1,10 @@
-"""bench/forecasting.py: runs per seed, finished runs not run again, the mean +- std over seeds."""
+"""bench/forecasting.py: runs per seed, finished runs not run again, the mean +- std over seeds, stopped runs
+resumed from their checkpoint."""
 
 import importlib.util
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -10,16 +12,21 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _load():
+    spec = importlib.util.spec_from_file_location("forecasting", ROOT / "bench" / "forecasting.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture
 def bench(monkeypatch):
     """The module, with train.py replaced by a run whose test MSE is 0.1 * seed (+ 1 for H = 192) and whose
     runs are recorded; a run of seed 3 fails the first time."""
-    spec = importlib.util.spec_from_file_location("forecasting", ROOT / "bench" / "forecasting.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _load()
     module.calls = []
 
-    def run_one(experiment, seq_len, pred_len, seed, overrides, runs):
+    def run_one(experiment, seq_len, pred_len, seed, overrides, runs, deadline):
         command = "python train.py " + " ".join(module.arguments(experiment, seq_len, pred_len, seed, overrides))
         module.calls.append(command)
         row = {"experiment": experiment, "seq_len": seq_len, "pred_len": pred_len, "seed": seed, "command": command,
@@ -51,3 +58,33 @@ def test_seeds_resume_and_summary(bench, monkeypatch, tmp_path, capsys):
     assert summary[0]["test/mse"] == pytest.approx(0.2) and summary[0]["test/mse_std"] == pytest.approx(0.1)
     assert summary[1]["test/mae"] == pytest.approx(0.6) and summary[1]["test/mae_std"] == pytest.approx(0.05)
     assert "0.2000 +- 0.1000" in capsys.readouterr().out
+
+
+# Stands in for train.py: without ckpt_path it writes a checkpoint and runs on (to be stopped); with one, it
+# writes the metrics of a finished run, its test MSE saying which checkpoint it went on from.
+FAKE_TRAIN = """
+import json, sys, time
+from pathlib import Path
+args = dict(a.split("=", 1) for a in sys.argv[1:])
+run_dir = Path(args["hydra.run.dir"])
+(run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+if "ckpt_path" not in args:
+    (run_dir / "checkpoints" / "last.ckpt").write_text("epoch 3")
+    time.sleep(60)
+mse = 0.5 if Path(args["ckpt_path"]).read_text() == "epoch 3" else 9.0
+(run_dir / "metrics.json").write_text(json.dumps({"test/mse": mse, "test/mae": 0.4, "epochs": 4}))
+"""
+
+
+def test_a_run_stopped_at_the_deadline_goes_on_from_its_checkpoint(monkeypatch, tmp_path):
+    bench = _load()
+    (tmp_path / "train.py").write_text(FAKE_TRAIN)
+    monkeypatch.setattr(bench, "TRAIN", tmp_path / "train.py")
+    job = ("tsm2_etth1", 512, 96, 1, ["trainer=cpu"], tmp_path / "runs")
+    assert bench.run_one(*job, deadline=time.time() + 3) is None  # stopped: nothing recorded
+    stopped = json.loads((tmp_path / "runs" / "tsm2_etth1_512_96_s1" / bench.STOPPED).read_text())
+    assert stopped["command"].endswith("seed=1 trainer=cpu") and stopped["wall_time_s"] >= 3
+    row = bench.run_one(*job)
+    assert row["returncode"] == 0 and row["test/mse"] == 0.5 and row["wall_time_s"] >= 3
+    assert row["command"] == stopped["command"]  # the row's command has no ckpt_path
+    assert bench._run_before(time.time() - 1, *job) is None  # past the deadline nothing starts
