@@ -18,17 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-TRAIN = ROOT / "train.py"
-STOPPED = "stopped.json"  # in a run folder: the command and wall time of a run stopped at a deadline
+from train_run import TRAIN, mark_stopped, run_train, stopped_run
 
 
 def arguments(experiment: str, seq_len: int, pred_len: int, seed: int | None, overrides: list[str]) -> list[str]:
@@ -39,42 +34,25 @@ def arguments(experiment: str, seq_len: int, pred_len: int, seed: int | None, ov
 
 def run_one(experiment: str, seq_len: int, pred_len: int, seed: int | None, overrides: list[str], runs: Path,
             deadline: float = math.inf) -> dict | None:
-    """One run's row, or None when it was stopped at `deadline` (its folder then holds STOPPED for the next call)."""
+    """One run's row, or None when it was stopped at `deadline` (marked for the next call to go on from)."""
     run_dir = runs / (f"{experiment}_{seq_len}_{pred_len}" + ("" if seed is None else f"_s{seed}"))
     args = arguments(experiment, seq_len, pred_len, seed, overrides)
     command = "python train.py " + " ".join(args)
-    earlier_s, resume = _stopped_run(run_dir, command)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    resume, earlier_s = stopped_run(run_dir, command)
     start = time.time()
-    with subprocess.Popen([sys.executable, str(TRAIN), *args, f"hydra.run.dir={run_dir}", *resume], cwd=ROOT,
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
-        try:
-            output, _ = proc.communicate(timeout=None if deadline == math.inf else max(1.0, deadline - time.time()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            wall_s = earlier_s + time.time() - start
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / STOPPED).write_text(json.dumps({"command": command, "wall_time_s": wall_s}) + "\n")
-            return None
+    returncode, output = run_train([*args, f"hydra.run.dir={run_dir}", *([f"ckpt_path={resume}"] if resume else [])],
+                                   deadline, TRAIN)
+    wall_s = earlier_s + time.time() - start
+    if returncode is None:
+        mark_stopped(run_dir, command, wall_s)
+        return None
     row = {"experiment": experiment, "seq_len": seq_len, "pred_len": pred_len, "seed": seed, "command": command,
-           "wall_time_s": round(earlier_s + time.time() - start, 1), "returncode": proc.returncode}
-    if proc.returncode == 0:
+           "wall_time_s": round(wall_s, 1), "returncode": returncode}
+    if returncode == 0:
         row.update(json.loads((run_dir / "metrics.json").read_text()))
     else:
         row["error"] = output[-2000:]
     return row
-
-
-def _stopped_run(run_dir: Path, command: str) -> tuple[float, list[str]]:
-    """(the seconds it ran, train.py's resume override) for a run of `command` stopped at an earlier call's
-    deadline in run_dir, else (0.0, [])."""
-    stopped, last = run_dir / STOPPED, run_dir / "checkpoints" / "last.ckpt"
-    if not (stopped.exists() and last.exists()):
-        return 0.0, []
-    record = json.loads(stopped.read_text())
-    stopped.unlink()
-    return (record["wall_time_s"], [f"ckpt_path={last}"]) if record["command"] == command else (0.0, [])
 
 
 def _run_before(deadline: float, *job) -> dict | None:

@@ -32,10 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -50,11 +47,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
 from omegaconf import OmegaConf
+from train_run import mark_stopped, run_train, stopped_run
 
 ROOT = Path(__file__).resolve().parents[1]
 OOM_RETRIES, OOM_WAIT_S, OOM_ATTEMPTS = 3, 30.0, 8
 OOM_ERRORS = ("CUDA out of memory", "CUDA error: out of memory")  # an allocation; creating the CUDA context
-STOPPED = "stopped.json"  # in a run folder: the parameters and wall time of a run stopped at a deadline
 SEARCH = ROOT / "conf" / "hparams_search" / "tsm2_optuna.yaml"
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # add_trial, create_trial
 
@@ -126,28 +123,12 @@ def run_trial(experiment: str, pred_len: int, params: dict, overrides: list[str]
             *[f"{k}={v}" for k, v in params.items()], *overrides, f"hydra.run.dir={run_dir}"]
     if resume is not None:
         args.append(f"ckpt_path={resume}")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    with subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
-        try:
-            output, _ = proc.communicate(timeout=max(1.0, deadline - time.time()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            return "STOPPED", {}
-    if proc.returncode != 0:
+    returncode, output = run_train(args, deadline)
+    if returncode is None:
+        return "STOPPED", {}
+    if returncode != 0:
         return "OOM" if any(e in output for e in OOM_ERRORS) else "FAIL", {"error": output[-2000:]}
     return "COMPLETE", json.loads((run_dir / "metrics.json").read_text())
-
-
-def _stopped_run(run_dir: Path, params: dict) -> tuple[Path | None, float]:
-    """(its last checkpoint, the seconds it ran) of a run of `params` stopped at an earlier call's deadline in
-    run_dir, or (None, 0.0)."""
-    stopped, last = run_dir / STOPPED, run_dir / "checkpoints" / "last.ckpt"
-    if not (stopped.exists() and last.exists()):
-        return None, 0.0
-    record = json.loads(stopped.read_text())
-    return (last, record["wall_time_s"]) if record["params"] == params else (None, 0.0)
 
 
 def run_until_it_fits(experiment: str, pred_len: int, params: dict, overrides: list[str], run_dir: Path,
@@ -158,7 +139,7 @@ def run_until_it_fits(experiment: str, pred_len: int, params: dict, overrides: l
     A run of the same parameters stopped at an earlier call's deadline in run_dir (the same --work on the same
     machine) goes on from its last checkpoint; if that fails, the trial runs again from the start. A run
     stopped at this call's deadline keeps its folder for the next call; otherwise the folder is deleted."""
-    resume, earlier_s = _stopped_run(run_dir, params)
+    resume, earlier_s = stopped_run(run_dir, params)
     start = time.time()
     for attempt in range(OOM_RETRIES + 1):
         if attempt:
@@ -174,7 +155,7 @@ def run_until_it_fits(experiment: str, pred_len: int, params: dict, overrides: l
             break
     wall_s = earlier_s + time.time() - start
     if state == "STOPPED" and run_dir.exists():
-        (run_dir / STOPPED).write_text(json.dumps({"params": params, "wall_time_s": wall_s}))
+        mark_stopped(run_dir, params, wall_s)
     else:
         shutil.rmtree(run_dir, ignore_errors=True)
     return ("FAIL" if state == "OOM" else state), metrics, wall_s

@@ -1,11 +1,12 @@
 """Random inputs for the scan ops, the error measure the tests share, a check that a layer agrees on both
-scan backends, a callback that stops a run for resume tests, and the torch operators that compute around the
-S6 kernels."""
+scan backends, a callback that stops a run for resume tests, bench/ scripts as modules, and the torch operators
+that compute around the S6 kernels."""
 
 from __future__ import annotations
 
 import collections
 import importlib.util
+import sys
 from pathlib import Path
 
 import lightning
@@ -115,13 +116,20 @@ class StopAfterEpochs(lightning.Callback):
 OPCHECK_UTILS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
 
 
-def s6_host():
-    """bench/s6_host.py as a module: its operator count and its stand-in for the S6 kernels' launches."""
-    path = Path(__file__).resolve().parents[1] / "bench" / "s6_host.py"
-    spec = importlib.util.spec_from_file_location("s6_host", path)
+def bench_module(name: str):
+    """bench/<name>.py as a module, bench/ on sys.path as when it runs as a script (for its sibling imports)."""
+    bench = str(Path(__file__).resolve().parents[1] / "bench")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    spec = importlib.util.spec_from_file_location(name, Path(bench) / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def s6_host():
+    """bench/s6_host.py as a module: its operator count and its stand-in for the S6 kernels' launches."""
+    return bench_module("s6_host")
 
 
 SHAPE_ONLY = {"empty", "empty_like", "new_empty", "view", "transpose", "t", "select", "unsqueeze", "split_with_sizes",

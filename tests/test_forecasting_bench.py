@@ -1,29 +1,20 @@
 """bench/forecasting.py: runs per seed, finished runs not run again, the mean +- std over seeds, stopped runs
 resumed from their checkpoint."""
 
-import importlib.util
 import json
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("forecasting", ROOT / "bench" / "forecasting.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import bench_module
 
 
 @pytest.fixture
 def bench(monkeypatch):
     """The module, with train.py replaced by a run whose test MSE is 0.1 * seed (+ 1 for H = 192) and whose
     runs are recorded; a run of seed 3 fails the first time."""
-    module = _load()
+    module = bench_module("forecasting")
     module.calls = []
 
     def run_one(experiment, seq_len, pred_len, seed, overrides, runs, deadline):
@@ -77,14 +68,14 @@ mse = 0.5 if Path(args["ckpt_path"]).read_text() == "epoch 3" else 9.0
 
 
 def test_a_run_stopped_at_the_deadline_goes_on_from_its_checkpoint(monkeypatch, tmp_path):
-    bench = _load()
+    bench = bench_module("forecasting")
     (tmp_path / "train.py").write_text(FAKE_TRAIN)
     monkeypatch.setattr(bench, "TRAIN", tmp_path / "train.py")
     job = ("tsm2_etth1", 512, 96, 1, ["trainer=cpu"], tmp_path / "runs")
     assert bench.run_one(*job, deadline=time.time() + 3) is None  # stopped: nothing recorded
-    stopped = json.loads((tmp_path / "runs" / "tsm2_etth1_512_96_s1" / bench.STOPPED).read_text())
-    assert stopped["command"].endswith("seed=1 trainer=cpu") and stopped["wall_time_s"] >= 3
+    stopped = json.loads((tmp_path / "runs" / "tsm2_etth1_512_96_s1" / bench_module("train_run").STOPPED).read_text())
+    assert stopped["run"].endswith("seed=1 trainer=cpu") and stopped["wall_time_s"] >= 3
     row = bench.run_one(*job)
     assert row["returncode"] == 0 and row["test/mse"] == 0.5 and row["wall_time_s"] >= 3
-    assert row["command"] == stopped["command"]  # the row's command has no ckpt_path
+    assert row["command"] == stopped["run"]  # the row's command has no ckpt_path
     assert bench._run_before(time.time() - 1, *job) is None  # past the deadline nothing starts

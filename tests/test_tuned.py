@@ -1,7 +1,6 @@
 """Tuned settings (utils/tuned.py): a search's best overrides saved per (experiment, data, input length,
 horizon) and applied under the command line."""
 
-import importlib.util
 import json
 import threading
 from pathlib import Path
@@ -11,6 +10,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from mambamixer.utils.tuned import apply_tuned, save_tuned, tuned_path
+
+from helpers import bench_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,18 +88,11 @@ def test_save_names_a_folder_that_is_not_a_finished_search(tmp_path):
         save_tuned(tmp_path)
 
 
-def _search_module():
-    spec = importlib.util.spec_from_file_location("tsm2_search", ROOT / "bench" / "tsm2_search.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_a_search_resumed_across_calls_asks_what_one_call_would(tmp_path, monkeypatch):
     """bench/tsm2_search.py: trials stopped at a call's end are forgotten, the next call restores the finished
     ones and the sampler, and the whole search equals an uninterrupted one; the finished search writes the
     sweeper's optimization_results.yaml."""
-    search = _search_module()
+    search = bench_module("tsm2_search")
     config = search.search_config(seed=2024)
     config["n_trials"] = 12  # past the sampler's 8 random startup trials, into TPE
 
@@ -135,7 +129,7 @@ def test_a_search_resumed_across_calls_asks_what_one_call_would(tmp_path, monkey
 def test_a_finished_study_saves_its_best_as_the_tuned_file(tmp_path, monkeypatch):
     """bench/tsm2_search.py: a study folder (its setting written beside its trials) is what
     `mambamixer.utils.tuned` saves from, as from a Hydra multirun folder: the run's file, the trial count."""
-    search = _search_module()
+    search = bench_module("tsm2_search")
     config = search.search_config(seed=2024)
     config["n_trials"] = 3
     monkeypatch.setattr(search, "run_trial", lambda experiment, pred_len, params, *args, **kwargs: (
@@ -156,7 +150,7 @@ def test_a_trial_out_of_gpu_memory_is_run_again_not_counted_as_failed(tmp_path, 
     """bench/tsm2_search.py: a trial that runs out of GPU memory (another study's trial held it) is retried in
     the call; one recorded as failed that way is run again first by the next call, under its number. Either
     way the search ends as one without memory trouble."""
-    search = _search_module()
+    search = bench_module("tsm2_search")
     monkeypatch.setattr(search, "OOM_WAIT_S", 0.0)
     config = search.search_config(seed=2024)
     config["n_trials"] = 10
@@ -201,7 +195,7 @@ def test_a_trial_stopped_at_the_deadline_goes_on_from_its_checkpoint_in_the_next
     """bench/tsm2_search.py: with a kept --work, the next call asks the stopped trial's parameters again and
     resumes its run from its last checkpoint, counting both calls' wall time; a run that fails to resume runs
     again from the start; in a temporary folder a stopped run starts over."""
-    search = _search_module()
+    search = bench_module("tsm2_search")
     config = search.search_config(seed=2024)
     config["n_trials"] = 3
     calls = []
@@ -226,7 +220,7 @@ def test_a_trial_stopped_at_the_deadline_goes_on_from_its_checkpoint_in_the_next
     work = tmp_path / "work"
     search_in("kept", 1, work)
     run_dir = work / "tsm2_etth1_L512_H96" / "1"
-    assert calls == [("0", None), ("1", None)] and (run_dir / search.STOPPED).exists()
+    assert calls == [("0", None), ("1", None)] and (run_dir / bench_module("train_run").STOPPED).exists()
     calls.clear()
     row = search_in("kept", None, work)
     assert calls == [("1", run_dir / "checkpoints" / "last.ckpt"), ("2", None)] and not run_dir.exists()
