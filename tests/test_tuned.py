@@ -63,7 +63,7 @@ def test_a_tuned_key_missing_from_the_config_is_named(tmp_path):
 
 def test_save_writes_the_searchs_best_as_the_tuned_file(tmp_path):
     sweep = tmp_path / "sweep"
-    cfg = composed("experiment=tsm2_etth2", "data.pred_len=192", "hparams_search=tsm2_optuna")
+    cfg = composed("experiment=tsm2_etth2", "data.pred_len=192", "hparams_search=tsm2_optuna", "trainer=gpu")
     for trial, d_model in (("0", 16), ("1", 64)):  # the search's command line, then the trial's choices
         overrides = ["hparams_search=tsm2_optuna", "experiment=tsm2_etth2", "data.pred_len=192", "trainer=gpu",
                      "model.revin_stats=window", "hydra.sweeper.n_trials=2", f"model.d_model={d_model}",
@@ -79,8 +79,11 @@ def test_save_writes_the_searchs_best_as_the_tuned_file(tmp_path):
     assert "best of 2 trials of val/mse_best = 0.2391" in path.read_text()
     command_line = ["experiment=tsm2_etth2", "data.pred_len=192"]
     run_cfg = composed(*command_line)
-    assert apply_tuned(run_cfg, command_line, tmp_path / "tuned")["settings"] == {"model.revin_stats": "window", **best}
+    assert run_cfg.trainer.max_epochs == 6  # trainer=cpu's; the search's trials ran under trainer=gpu's 30
+    settings = apply_tuned(run_cfg, command_line, tmp_path / "tuned")["settings"]
+    assert settings == {"model.revin_stats": "window", "trainer.max_epochs": 30, **best}
     assert (run_cfg.model.d_model, run_cfg.data.batch_size, run_cfg.model.revin_stats) == (64, 16, "window")
+    assert run_cfg.task.scheduler.T_max == 30  # the cosine schedule the trials trained on
 
 
 def test_save_names_a_folder_that_is_not_a_finished_search(tmp_path):
@@ -143,7 +146,7 @@ def test_a_finished_study_saves_its_best_as_the_tuned_file(tmp_path, monkeypatch
     assert f"best of 3 trials of val/mse_best = {row['best']['value']:.6g}" in path.read_text()
     command_line = ["experiment=tsm2_etth2", "data.seq_len=96", "data.pred_len=336"]
     tuned = apply_tuned(composed(*command_line), command_line, tmp_path / "tuned")
-    assert tuned["settings"] == {"model.revin_stats": "window", **row["best"]["params"]}
+    assert tuned["settings"] == {"model.revin_stats": "window", "trainer.max_epochs": 30, **row["best"]["params"]}
 
 
 def test_a_trial_out_of_gpu_memory_is_run_again_not_counted_as_failed(tmp_path, monkeypatch):

@@ -9,7 +9,8 @@ A study folder of `bench/tsm2_search.py` (which writes the setting's config.yaml
 its optimization_results.yaml) is saved from the same way as Hydra's multirun folder.
 
 A tuned file is `conf/tuned/<task_name>/<data file>_L<seq_len>_H<pred_len>.yaml`: dotted config keys and
-their values, as the search's `optimization_results.yaml` gives them in `best_params`. `train.py` applies it
+their values, as the search's `optimization_results.yaml` gives them in `best_params`, with the search's fixed
+dotted overrides and its trials' `trainer.max_epochs`. `train.py` applies it
 under the command line (a key given there keeps its value) unless `use_tuned=false`; searches run with it off.
 """
 
@@ -79,7 +80,9 @@ def save_tuned(sweep_dir: Path, tuned_dir: Path = TUNED_DIR) -> Path:
     fixed = {o.key_or_group: o.value() for o in overrides
              if "." in o.key_or_group and not (o.is_add() or o.is_delete() or o.is_sweep_override())
              and not o.key_or_group.startswith(("hydra.", "paths.")) and o.key_or_group not in _RUN_KEYS}
-    settings = {**fixed, **results.best_params}
+    # So is the number of epochs every trial could train (the cosine schedule's period, T_max): trainer=cpu
+    # allows fewer than trainer=gpu, and a run of the setting under it would train on another schedule.
+    settings = {**fixed, "trainer.max_epochs": cfg.trainer.max_epochs, **results.best_params}
     path = tuned_path(tuned_dir, cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     trials = results.get("n_trials", len(list(sweep_dir.glob("*/.hydra"))))
