@@ -10,8 +10,8 @@ its optimization_results.yaml) is saved from the same way as Hydra's multirun fo
 
 A tuned file is `conf/tuned/<task_name>/<data file>_L<seq_len>_H<pred_len>.yaml`: dotted config keys and
 their values, as the search's `optimization_results.yaml` gives them in `best_params`, with the search's fixed
-dotted overrides and its trials' `trainer.max_epochs`. `train.py` applies it
-under the command line (a key given there keeps its value) unless `use_tuned=false`; searches run with it off.
+dotted overrides and its trials' `trainer.max_epochs`. `train.py` applies it under the command line (a key
+given there keeps its value) unless `use_tuned=false`; searches run with it off.
 """
 
 from __future__ import annotations
