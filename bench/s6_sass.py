@@ -1,10 +1,11 @@
 """What the Triton compiler makes of the S6 kernels for an H100, on any machine (no GPU needed).
 
-    python bench/s6_sass.py [--mixer token|channel|scan] [--out DIR]
+    python bench/s6_sass.py [--mixer token|channel|scan|long] [--out DIR]
 
 Runs one forward and backward of ViM2's token mixer (`CrossScanSSM`), its channel mixer
 (`ChannelWiseSelectiveMixer`) or, with `scan`, of a single-direction `selective_scan_fn` (gate, D,
-delta_bias, grouped B and C) split into segments as a long scan on a GPU would be, in bf16 with the kernel
+delta_bias, grouped B and C) split into segments as a long scan on a GPU would be, or with `long` one that
+the tiled forward (`triton_tiled`) takes, in bf16 with the kernel
 launches intercepted, then compiles each distinct launch for sm_90 as Triton's runtime would specialise it
 (Triton's own specialisation: integer arguments equal to 1 become constants, those divisible by 16 and
 16-byte-aligned pointers get divisibility hints, inside tuples too), with the ptxas and nvdisasm that ship
@@ -31,13 +32,14 @@ from triton.backends.nvidia.compiler import CUDABackend
 from triton.compiler import ASTSource
 
 import mambamixer.kernels._backend as backend
-from mambamixer.kernels.selective_scan import triton_kernels, triton_op
+from mambamixer.kernels.selective_scan import triton_op
 from mambamixer.kernels.selective_scan.interface import selective_scan_fn
 from mambamixer.mixer import ChannelWiseSelectiveMixer, CrossScanSSM
 
 TOOLS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 TARGET = GPUTarget("cuda", 90, 32)
-KERNELS = ("s6_fwd_kernel", "s6_bwd_kernel", "s6_segment_states_kernel", "s6_segment_adjoints_kernel")
+KERNELS = ("s6_fwd_kernel", "s6_bwd_kernel", "s6_segment_states_kernel", "s6_segment_adjoints_kernel",
+           "s6_fwd_tiled_kernel")
 
 
 class Recorder:
@@ -54,11 +56,14 @@ def record_launches(mixer: str) -> list:
     launches = []
     backend.INTERPRET = True  # let backend="triton" take CPU tensors; the kernels never run
     for name in KERNELS:
-        setattr(triton_op, name, Recorder(getattr(triton_kernels, name), launches))
+        setattr(triton_op, name, Recorder(getattr(triton_op, name), launches))
     torch.manual_seed(0)
-    if mixer == "scan":
-        triton_op.segments = lambda programs, length, chunk, device: (4, length // 4)
-        batch, dim, length, n = 2, 64, 512, 16
+    if mixer in ("scan", "long"):
+        if mixer == "scan":
+            triton_op.segments = lambda programs, length, chunk, device: (4, length // 4)
+        else:
+            triton_op.tiled_min_length = lambda device: 1
+        batch, dim, length, n = 2, 64, 512 if mixer == "scan" else 1024, 16
         u, delta, z = (torch.randn(batch, dim, length, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
         B, C = (torch.randn(batch, 2, n, length, dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
         A = -torch.rand(dim, n).requires_grad_(True)
@@ -114,7 +119,7 @@ def loops(sass: str) -> list[collections.Counter]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mixer", choices=["token", "channel", "scan"], default="token")
+    parser.add_argument("--mixer", choices=["token", "channel", "scan", "long"], default="token")
     parser.add_argument("--out")
     args = parser.parse_args()
     seen = set()
@@ -124,7 +129,7 @@ def main() -> None:
         if key in seen:
             continue
         seen.add(key)
-        name = f"{kernel.fn.__name__}_cols{int(kwargs['COLS'])}_proj{int(kwargs.get('PROJ', 0))}_{len(seen)}"
+        name = f"{kernel.fn.__name__}_cols{int(kwargs.get('COLS', 0))}_proj{int(kwargs.get('PROJ', 0))}_{len(seen)}"
         compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=TARGET,
                                   options={"num_warps": kwargs.get("num_warps", 4),
                                            "maxnreg": kwargs.get("maxnreg")})
@@ -142,7 +147,8 @@ def main() -> None:
             for ext, text in (("ttgir", ttgir), ("sass", sass)):
                 with open(os.path.join(args.out, f"{name}.{ext}"), "w") as f:
                     f.write(text)
-        print(f"== {name} (BLOCK_D {kwargs['BLOCK_D']}, CHUNK {kwargs.get('CHUNK')}, {kwargs.get('num_warps')} warp)")
+        block = f"BLOCK_T {kwargs['BLOCK_T']}" if "BLOCK_T" in kwargs else f"BLOCK_D {kwargs['BLOCK_D']}"
+        print(f"== {name} ({block}, CHUNK {kwargs.get('CHUNK')}, {kwargs.get('num_warps')} warps)")
         print("   " + "; ".join(line.split(":", 1)[-1].strip() for line in report.splitlines()
                                  if "registers" in line or "spill" in line))
         for line in ttgir.splitlines():

@@ -89,6 +89,63 @@ def test_scan_split_into_segments_without_optional_arguments(segments_of):
     check_against_reference(s6_inputs(length=29, full=False, seed=19))
 
 
+@pytest.fixture
+def tiled(monkeypatch):
+    """use(steps): every forward the tiled kernel can take goes to it, in tiles of `steps` steps; the kernel's
+    launches are counted in the returned list."""
+    launches = []
+
+    def use(steps):
+        kernel = triton_op.s6_fwd_tiled_kernel
+        monkeypatch.setattr(triton_op, "tiled_min_length", lambda device: 1)
+        monkeypatch.setattr(triton_op, "tiled_block", lambda length, chunk: (steps, 1))
+        counted = type("Counted", (), {"__getitem__": lambda self, grid: launches.append(grid) or kernel[grid]})
+        monkeypatch.setattr(triton_op, "s6_fwd_tiled_kernel", counted())
+        return launches
+    return use
+
+
+@pytest.mark.parametrize("length,steps,groups,chunk_8", [(37, 32, None, False), (16, 32, 2, False),
+                                                         (1, 32, None, False), (41, 16, 3, True), (32, 16, None, True),
+                                                         (50, 8, 3, True)])
+def test_tiled_forward_matches_recurrence(request, tiled, length, steps, groups, chunk_8):
+    """L scanned a tile at a time, each state's tile one associative scan from the state the tile enters with:
+    tiles that end past L, one tile, one step, several tiles per saved state (chunk 8, tiles of 16) and one
+    saved state per tile (8); the backward runs from the states it saves."""
+    if chunk_8:
+        request.getfixturevalue("small_blocks")
+    launches = tiled(steps)
+    check_against_reference(s6_inputs(dim=6, n=5, length=length, groups=groups, seed=length))
+    assert len(launches) == 1
+
+
+def test_tiled_forward_without_optional_arguments(tiled):
+    launches = tiled(32)
+    check_against_reference(s6_inputs(length=33, full=False, seed=4))
+    assert len(launches) == 1
+
+
+def test_tiled_forward_takes_long_channel_major_single_scans_first_to_last(monkeypatch):
+    """The launcher's choice: one direction scanned first to last, in row order, u and delta channel-major, at
+    least `tiled_min_length` steps; on CUDA only."""
+    monkeypatch.setattr(triton_op, "tiled_min_length", lambda device: 8)
+    a = s6_inputs(length=8)
+
+    def directions(u, delta, pair=False):
+        rest = (u, delta, a["A"], a["B"], a["C"], None, None) if pair else (None,) * 7
+        return triton_op._directions(u, delta, a["A"], a["B"], a["C"], None, None, *rest)
+
+    assert triton_op._tiled(directions(a["u"], a["delta"]), False, 0)
+    assert not triton_op._tiled(directions(a["u"], a["delta"]), True, 0)
+    assert not triton_op._tiled(directions(a["u"], a["delta"]), False, 2)
+    assert not triton_op._tiled(directions(a["u"], a["delta"], pair=True), False, 0)
+    assert not triton_op._tiled(directions(token_major(a["u"]), a["delta"]), False, 0)
+    assert not triton_op._tiled(directions(a["u"][..., :7], a["delta"][..., :7]), False, 0)
+    monkeypatch.undo()
+    assert triton_op.tiled_min_length(torch.device("cpu")) is None
+    assert triton_op.tiled_min_length(torch.device("cuda", 0)) == triton_op.TILED_MIN_LENGTH
+
+
 @pytest.mark.parametrize("programs,length", [(384, 4096), (96, 16384), (768, 197), (8192, 21), (1, 129), (8, 4096)])
 def test_segments_fill_the_gpu_and_cover_the_scan(monkeypatch, programs, length):
     """On a GPU of 132 SMs: split only with fewer programs than SMs, then about PROGRAMS_PER_SM programs per

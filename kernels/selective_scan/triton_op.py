@@ -2,9 +2,10 @@
 kernels.
 
 One launch covers one direction or the fused pair of directions (when the second direction's tensors are
-given). Under `torch.compile` the scan goes through the custom ops (their autograd formula calls the
-backward op), so the compiler traces through it; in eager mode a plain autograd Function calls the same
-launchers without the custom-op dispatch.
+given); the forward of one long channel-major direction scanned first to last runs the tiled kernel of
+`triton_tiled` instead (`_tiled`). Under `torch.compile` the scan goes through the custom ops (their autograd
+formula calls the backward op), so the compiler traces through it; in eager mode a plain autograd Function
+calls the same launchers without the custom-op dispatch.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .._backend import cdiv, launch_device, next_power_of_2
 from .low_rank import full_delta, low_rank_grads
 from .triton_args import Direction, Gradients, GroupedSeq, Projection, Seq, Sizes, StateMatrix
 from .triton_kernels import s6_bwd_kernel, s6_fwd_kernel, s6_segment_adjoints_kernel, s6_segment_states_kernel
+from .triton_tiled import s6_fwd_tiled_kernel, tiled_block
 
 # Steps between the states the forward saves for the backward, which recomputes the states of one chunk at
 # a time into its scratch (both modes; picked from the H100 sweeps recorded in BENCHMARKS.md).
@@ -109,6 +111,26 @@ def segments(programs: int, length: int, chunk: int, device: torch.device) -> tu
         split = max(1, min(want, chunks // MIN_SEGMENT_CHUNKS))
     per = cdiv(chunks, split)
     return cdiv(chunks, per), per * chunk
+
+
+# Forward scans of one direction, first to last, at least this long and channel-major (u and delta with unit
+# stride along L) go to the tiled kernel (`triton_tiled`), on CUDA; measured on the H200 (BENCHMARKS.md).
+TILED_MIN_LENGTH = 1024
+
+
+def tiled_min_length(device: torch.device) -> int | None:
+    """The shortest scan the tiled forward takes on `device`; None: never (off CUDA, where the interpreter's
+    scan runs element by element)."""
+    return TILED_MIN_LENGTH if device.type == "cuda" else None
+
+
+def _tiled(directions, reverse, cols) -> bool:
+    """Whether `_run_fwd` runs `s6_fwd_tiled_kernel`: one direction, first to last, not PROJ nor COLS,
+    channel-major and at least `tiled_min_length` steps."""
+    d = directions[0]
+    least = tiled_min_length(d.u.device)
+    return (least is not None and len(directions) == 1 and d.proj is None and not reverse and not cols
+            and d.u.shape[2] >= least and d.u.stride(2) == 1 and d.delta.stride(2) == 1)
 
 
 def _runs(bidir: bool, n_segs: int) -> list[tuple[bool, bool]]:
@@ -255,7 +277,8 @@ def _run_fwd(directions, z, delta_softplus, reverse, save_states, cols):
     out = _empty_scan_layout(u.shape, _token_major(u), dtype=u.dtype, device=u.device)
     last = torch.empty((0,) if bidir else (batch, dim, n), **f32)
     states = [torch.empty((batch, plan.sizes.n_chunks, n, dim) if save_states else (0,), **f32) for _ in directions]
-    summaries = [_summaries(u, n, plan.n_segs) for _ in directions]
+    tiled = _tiled(directions, reverse, cols)
+    summaries = [_summaries(u, n, 1 if tiled else plan.n_segs) for _ in directions]
     tensors = [t for d in directions for t in (d.u, d.delta, d.B, d.C)] + [z, out, *states, *summaries]
     flags = dict(HAS_D=directions[0].D is not None, HAS_Z=z is not None, REVERSE=reverse, BIDIR=bidir,
                  SAVE_STATES=save_states, PROJ=proj is not None, CONV=_has_conv(proj), E=plan.e, CHUNK=plan.chunk)
@@ -264,6 +287,15 @@ def _run_fwd(directions, z, delta_softplus, reverse, save_states, cols):
         gate = None if z is None else Seq.of(_rows(z, rows))
         o = Seq.of(_rows(out, rows))
         grid = (plan.programs, o.ptr.shape[0], plan.n_segs)
+        if tiled:
+            block_t, warps = tiled_block(length, plan.chunk)
+            with launch_device(u):
+                s6_fwd_tiled_kernel[(dim, o.ptr.shape[0])](
+                    dirs[0], gate, o, _rows(last, rows), plan.sizes, HAS_D=flags["HAS_D"],
+                    HAS_BIAS=plan.meta["HAS_BIAS"], SOFTPLUS=delta_softplus, GATE=z is not None,
+                    SAVE_STATES=save_states, STORE_LAST=True,
+                    BLOCK_T=block_t, BLOCK_N=plan.block_n, CHUNK=plan.chunk, num_warps=warps)
+            continue
         with launch_device(u):
             for runs in plan.runs:
                 for d, run, rev in zip(dirs, runs, (reverse, True)):
