@@ -114,7 +114,8 @@ def segments(programs: int, length: int, chunk: int, device: torch.device) -> tu
 
 
 # Forward scans of one direction, first to last, at least this long and channel-major (u and delta with unit
-# stride along L) go to the tiled kernel (`triton_tiled`), on CUDA; measured on the H200 (BENCHMARKS.md).
+# stride along L) go to the tiled kernel (`triton_tiled`), on CUDA: on an H100 (BENCHMARKS.md) it halves the
+# forward at L = 1024 to 16384, while the step kernels are faster at the 197-token shapes.
 TILED_MIN_LENGTH = 1024
 
 
