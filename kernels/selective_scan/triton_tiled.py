@@ -104,7 +104,7 @@ def s6_fwd_tiled_kernel(
 # bf16), no exchange between warps; the fewest instructions per step and state among the tilings compiled for
 # sm_90 by `bench/s6_sass.py --mixer long` at 90 registers (1024 steps on four warps: 25 % more per step, six
 # barriers per state; 512 on one warp: 12 % fewer at 167 registers), and the fastest of them on an H100
-# (`bench/s6_layouts.py`, BENCHMARKS.md).
+# (`bench/s6_tiled.py`, BENCHMARKS.md).
 TILE_STEPS, TILE_WARPS = 256, 1
 
 

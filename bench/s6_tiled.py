@@ -1,16 +1,14 @@
-"""The Triton S6 scan at long L: the tiled forward and the step kernels by input layout and segments, on CUDA,
-optionally beside mamba_ssm.
+"""The tiled S6 forward (`triton_tiled`) at long channel-major L, against the step kernels and optionally
+mamba_ssm, on CUDA.
 
-    python bench/s6_layouts.py --out DIR [--mamba BUILT]
+    python bench/s6_tiled.py --out DIR [--mamba BUILT]
 
-First checks the tiled forward (`triton_tiled`) in float32 against the float64 recurrence, forward and every
-gradient, at lengths that end mid-tile and mid-chunk. Then, for each long shape, times one direction (bf16
-u, delta, z, B, C; D, delta_bias, softplus) forward and forward+backward (median of `do_bench_cudagraph`):
-the tiled forward (channel-major inputs, the launcher's choice) at each tiling, and the step kernels with the
-inputs stored channel-major (batch, dim, L contiguous, mamba_ssm's layout) and token-major (stored (batch,
-L, dim) and (batch, L, N), a layer's projection layout) at each forced segment count. With --mamba (a reference built
-by `build_mamba_ssm_reference.py`) mamba_ssm's time on the channel-major inputs is measured in the same
-process. Prints a table and writes DIR/s6_layouts.json.
+First checks the tiled forward in float32 against the float64 recurrence, forward and every gradient, at
+lengths that end mid-tile and mid-chunk. Then, for each shape, times one direction (bf16 u, delta, z, B, C
+stored (batch, dim, L) contiguous, mamba_ssm's layout; D, delta_bias, softplus) forward and forward+backward
+(median of `do_bench_cudagraph`): the tiled forward at each tiling (steps per tile x warps), and the step
+kernels unsplit and cut into 8 segments. With --mamba (a reference built by `build_mamba_ssm_reference.py`)
+mamba_ssm's time is measured in the same process. Prints a table and writes DIR/s6_tiled.json.
 """
 
 from __future__ import annotations
@@ -38,14 +36,9 @@ from s6_triton import (
 from mambamixer.kernels import selective_scan_fn
 from mambamixer.kernels.selective_scan import selective_scan_fast, triton_op, triton_tiled
 
-SHAPES = [(8, 1536, 1024, 16), (8, 1536, 4096, 16), (2, 1536, 16384, 16)]
+SHAPES = [(8, 1536, 1024, 16), (8, 1536, 4096, 16)]
 SPLITS = (1, 8)
 TILINGS = ((256, 1), (512, 1), (512, 2), (1024, 4))  # (steps per tile, warps)
-
-
-def token_major(a):
-    """The same values stored (batch, L, channels) and seen as (batch, channels, L)."""
-    return {k: v.mT.contiguous().mT if k in ("u", "delta", "z", "B", "C") else v for k, v in a.items()}
 
 
 def check_tiled():
@@ -80,7 +73,7 @@ def main():
         dout = torch.randn(batch, dim, length, device="cuda", dtype=torch.bfloat16)
         if mamba is not None:
             _, _, f, fb = timed(lambda **k: mamba(**k, delta_softplus=True), with_grad(dict(base)), dout, eager=False)
-            record(shape=shape, impl="mamba_ssm", layout="channel", segments=None, fwd_ms=f, fwd_bwd_ms=fb)
+            record(shape=shape, impl="mamba_ssm", fwd_ms=f, fwd_bwd_ms=fb)
         a = with_grad(dict(base))
         a["delta_softplus"] = True
         for steps, warps in TILINGS:
@@ -89,33 +82,22 @@ def main():
                 _, _, f, fb = timed(lambda **k: selective_scan_fn(**k, backend="triton"), a, dout, eager=False)
             finally:
                 triton_tiled.TILE_STEPS, triton_tiled.TILE_WARPS = default_tiling
-            record(shape=shape, impl=f"tiled fwd {steps}x{warps}", layout="channel", segments=None, fwd_ms=f,
-                   fwd_bwd_ms=fb)
+            record(shape=shape, impl=f"tiled fwd {steps}x{warps}", fwd_ms=f, fwd_bwd_ms=fb)
         triton_op.TILED_MIN_LENGTH = 1 << 30
         try:
-            for layout in ("channel", "token"):
-                a = with_grad(dict(base) if layout == "channel" else token_major(base))
-                a["delta_softplus"] = True
-                d = dout if layout == "channel" else dout.mT.contiguous().mT
-                for split in SPLITS:
-                    triton_op.segments = forced_segments(split)
-                    try:
-                        _, _, f, fb = timed(lambda **k: selective_scan_fn(**k, backend="triton"), a, d, eager=False)
-                    except Exception as err:  # noqa: BLE001 (recorded; the sweep goes on)
-                        print(f"steps {shape} {layout} {split}: {type(err).__name__}: {str(err)[:200]}", flush=True)
-                        f = fb = float("nan")
-                    record(shape=shape, impl="steps", layout=layout, segments=split, fwd_ms=f, fwd_bwd_ms=fb)
-                    triton_op.segments = default_segments
+            for split in SPLITS:
+                triton_op.segments = forced_segments(split)
+                _, _, f, fb = timed(lambda **k: selective_scan_fn(**k, backend="triton"), a, dout, eager=False)
+                record(shape=shape, impl=f"steps, {split} segments", fwd_ms=f, fwd_bwd_ms=fb)
         finally:
             triton_op.segments, triton_op.TILED_MIN_LENGTH = default_segments, default_least
     print(f"\nchecks: {len(checks) - len(failures)}/{len(checks)} passed {failures}")
-    print("\n| shape | impl | layout | segments | fwd ms | fwd+bwd ms |")
-    print("| --- | --- | --- | ---: | ---: | ---: |")
+    print("\n| shape | impl | fwd ms | fwd+bwd ms |")
+    print("| --- | --- | ---: | ---: |")
     for r in rows:
-        print(f"| {r['shape']} | {r['impl']} | {r['layout']} | {r['segments'] or ''} | {r['fwd_ms']:.3f} | "
-              f"{r['fwd_bwd_ms']:.3f} |")
+        print(f"| {r['shape']} | {r['impl']} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} |")
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "s6_layouts.json"), "w") as f:
+    with open(os.path.join(args.out, "s6_tiled.json"), "w") as f:
         json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                        checks=checks, rows=rows), f, indent=1)
 
