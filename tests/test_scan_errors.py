@@ -44,6 +44,23 @@ def test_selective_scan_errors(name, change, message):
         selective_scan_fn(**{**a, **change})
 
 
+def test_selective_scan_checks_run_once_per_signature_that_passed(monkeypatch):
+    """Arguments of the dtypes, devices and shapes of a call that passed are not checked again; a call that
+    differs in any of them is, after every earlier call."""
+    from mambamixer.kernels.selective_scan import interface
+    a = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in s6_inputs(dim=6).items()}
+    checked, real = [], interface._check
+    monkeypatch.setattr(interface, "_PASSED", set())
+    monkeypatch.setattr(interface, "_check", lambda *args: checked.append(1) or real(*args))
+    for _ in range(3):
+        selective_scan_fn(**a)
+    assert len(checked) == 1
+    for change in (dict(D=a["D"].to("meta")), dict(D=a["D"].int()), dict(D=a["D"][:5]), dict(D=a["D"].tolist())):
+        with pytest.raises(ValueError, match="D: expected"):
+            selective_scan_fn(**{**a, **change})
+    assert len(checked) == 5
+
+
 def test_triton_backend_on_cpu_without_the_interpreter_is_named(monkeypatch):
     monkeypatch.setattr(_backend, "INTERPRET", False)
     a = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in s6_inputs().items()}

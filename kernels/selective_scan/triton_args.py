@@ -24,7 +24,8 @@ class Seq(NamedTuple):
 
 
 class GroupedSeq(NamedTuple):
-    """B or C as a (batch, G, N, L) view and its strides; each group serves dim / G consecutive channels."""
+    """B or C, (batch, G, N, L) or (batch, N, L) (one group), with its strides as (batch, G, N, L)'s; each group
+    serves dim / G consecutive channels."""
 
     ptr: torch.Tensor
     s_batch: int
@@ -35,6 +36,10 @@ class GroupedSeq(NamedTuple):
 
     @classmethod
     def of(cls, t: torch.Tensor, dim: int) -> GroupedSeq:
+        """t (batch, G, N, L), or (batch, N, L) as one group (no view is made: a torch call costs host time)."""
+        if t.dim() == 3:
+            s_batch, s_state, s_step = t.stride()
+            return cls(t, s_batch, 0, s_state, s_step, dim)
         return cls(t, *t.stride(), dim // t.shape[1])
 
 

@@ -70,7 +70,7 @@ class ScanDirection(NamedTuple):
         A = self.A if self.A.stride(0) == 1 else self.A.t().contiguous().t()
 
         def grouped(t):  # B or C as (batch, G, N, L)
-            return None if t is None else GroupedSeq.of(_rows(t if t.dim() == 4 else t.unsqueeze(1), rows), dim)
+            return None if t is None else GroupedSeq.of(_rows(t, rows), dim)
 
         return Direction(Seq.of(_rows(self.u, rows)), None if self.delta is None else Seq.of(_rows(self.delta, rows)),
                          StateMatrix(A, *A.stride()), grouped(self.B), grouped(self.C), self.D, self.delta_bias,
