@@ -23,8 +23,9 @@ def _check_bc(name, t, batch, n, length, dim, dev):
         check_tensor(name, t, "(batch, N, L), (batch, G, N, L) or (dim, N)", (batch, n, length), dev)
 
 
-# Dtypes, devices and shapes of argument sets that passed `check_selective_scan_args`: a repeated call (every
-# training step) skips the checks, which cost host time (BENCHMARKS.md). Cleared when it reaches 1024.
+# Dtypes, devices and shapes of argument sets that passed `check_selective_scan_args`: a repeated eager call
+# (every training step) skips the checks, which cost host time (BENCHMARKS.md). Cleared when it reaches 1024.
+# Not used while torch.compile traces: the checks run once in the trace, and a guard on this set would fail.
 _PASSED: set = set()
 
 
@@ -35,6 +36,9 @@ def _signature(args) -> tuple:
 
 def check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias, delta_proj_weight=None):
     """Raise ValueError naming the first argument whose type, dtype, device or shape is wrong."""
+    if torch.compiler.is_compiling():
+        _check(u, delta, A, B, C, D, z, delta_bias, delta_proj_weight)
+        return
     signature = _signature((u, delta, A, B, C, D, z, delta_bias, delta_proj_weight))
     if signature in _PASSED:
         return
