@@ -11,6 +11,7 @@ from mambamixer.kernels import (
     selective_state_update,
     ssd_state_update,
 )
+from mambamixer.kernels.selective_scan import interface
 
 from helpers import s6_inputs, ssd_inputs
 
@@ -45,9 +46,8 @@ def test_selective_scan_errors(name, change, message):
 
 
 def test_selective_scan_checks_run_once_per_signature_that_passed(monkeypatch):
-    """Arguments of the dtypes, devices and shapes of a call that passed are not checked again; a call that
-    differs in any of them is, after every earlier call."""
-    from mambamixer.kernels.selective_scan import interface
+    """Arguments with the dtypes, devices and shapes of a call that passed are not checked again; arguments
+    that differ in any of them are (and here rejected)."""
     a = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in s6_inputs(dim=6).items()}
     checked, real = [], interface._check
     monkeypatch.setattr(interface, "_PASSED", set())
